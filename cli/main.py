@@ -1,0 +1,42 @@
+"""`ddpmcodec` command-line entry point: a click group that gathers the subcommands in cli/."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+class _OneLineErrors(click.Group):
+    """Turn the library's expected failures into one-line messages and exit code 1 (no tracebacks)."""
+
+    def invoke(self, ctx):
+        from ddpmcodec.errors import CodecError
+
+        try:
+            return super().invoke(ctx)
+        except CodecError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ddpmcodec")
+def main():
+    """Progressive lossy-to-lossless image codec built on a DDPM diffusion model."""
+
+
+def _register() -> None:
+    from cli import commands_model  # noqa: F401  (train, bound)
+
+    for module in (commands_model,):
+        for cmd in getattr(module, "COMMANDS", []):
+            main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

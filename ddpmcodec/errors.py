@@ -1,0 +1,21 @@
+"""Exceptions the CLI reports as one-line messages (exit code 1)."""
+
+
+class CodecError(Exception):
+    """Base class for every expected failure: bad input, wrong model, corrupt file, refused overwrite."""
+
+
+class FormatError(CodecError):
+    """The file is not a valid .ddpm container (bad magic, version, CRC, truncated header...)."""
+
+
+class ModelMismatchError(CodecError):
+    """The file was encoded with a different model than the one supplied."""
+
+
+class DeterminismError(CodecError):
+    """The decoder could not reproduce the encoder's state (checksum mismatch)."""
+
+
+class InputError(CodecError):
+    """An input image or option the codec cannot use."""
