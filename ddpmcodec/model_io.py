@@ -1,0 +1,418 @@
+"""Loading and saving DDPM weights: our safetensors format, pytorch_diffusion state dicts, diffusers folders.
+
+Every model, whatever layout it came from, is loaded *strictly* into :class:`ddpmcodec.unet.UNet` and gets an
+``identity``: the first 32 hex chars of a SHA-256 over its canonical content (tensors sorted by our parameter name,
+each hashed as name, dtype, shape and float32 little-endian bytes, then the JSON of the U-Net and diffusion configs).
+The same weights therefore have the same identity in every layout. Failures raise :class:`InputError` with a one-line
+message; nothing from torch or safetensors escapes as a traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .diffusion import DiffusionConfig, net_timestep
+from .errors import InputError
+from .unet import UNet, UNetConfig
+
+FORMAT_TAG = "ddpmcodec-model/1"
+DEFAULT_MODEL = "default"
+BUNDLED_MODEL_NAME = "ddpm-cifar10-ch64"
+BUNDLED_MODEL_FILE = f"{BUNDLED_MODEL_NAME}.safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_IDENTITY_TAG = b"ddpmcodec-identity/1\0"
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded eps-model plus the configs it was trained with. ``net`` is in eval mode on ``device``."""
+
+    net: UNet
+    unet_config: UNetConfig
+    diffusion: DiffusionConfig
+    name: str
+    identity: str
+    metadata: dict = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Predicted noise (B, C, H, W) float32 for x_t (B, C, H, W) at 1-based t (int or (B,) tensor)."""
+        T = self.diffusion.T
+        if isinstance(t, torch.Tensor):
+            lo, hi = int(t.min()), int(t.max())
+            if t.dim() != 1 or t.shape[0] != x.shape[0] or lo < 1 or hi > T:
+                raise ValueError(f"t must be a ({x.shape[0]},) tensor of 1-based steps in 1..{T}")
+            steps = net_timestep(t.to(self.device))
+        elif isinstance(t, numbers.Integral):
+            if not 1 <= int(t) <= T:
+                raise ValueError(f"t must be in 1..{T}, got {t}")
+            steps = net_timestep(int(t), x.shape[0]).to(self.device)
+        else:
+            raise TypeError(f"t must be an int or a tensor, got {type(t).__name__}")
+        with torch.inference_mode():
+            return self.net(x.to(self.device, torch.float32), steps)
+
+    def to(self, device: str | torch.device) -> "DiffusionModel":
+        """Move the network to ``device`` (in place); returns self."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+
+# ---- identity -----------------------------------------------------------------------------------------------------
+def _identity_config(unet_config: UNetConfig, diffusion_config: DiffusionConfig) -> str:
+    """Canonical JSON of what determines the function: dropout is left out, attention given as effective levels."""
+    u = unet_config.to_dict()
+    del u["dropout"]
+    u["attn_resolutions"] = [unet_config.resolution // 2**i for i in unet_config.attn_levels]
+    return json.dumps({"unet": u, "diffusion": diffusion_config.to_dict()}, sort_keys=True, separators=(",", ":"))
+
+
+def compute_identity(state_dict: dict, unet_config: UNetConfig, diffusion_config: DiffusionConfig) -> str:
+    """32-hex-char content hash of a state dict in our (pytorch_diffusion) naming plus the configs."""
+    h = hashlib.sha256(_IDENTITY_TAG)
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}\0float32\0{list(t.shape)}\0".encode())
+        h.update(np.ascontiguousarray(t.numpy(), dtype="<f4").data)
+    h.update(_identity_config(unet_config, diffusion_config).encode())
+    return h.hexdigest()[:32]
+
+
+# ---- saving -------------------------------------------------------------------------------------------------------
+def save_model(
+    path: str | Path,
+    net_or_state_dict: nn.Module | dict,
+    unet_config: UNetConfig,
+    diffusion_config: DiffusionConfig,
+    name: str,
+    metadata: dict | None = None,
+) -> Path:
+    """Write float32 weights plus configs (JSON in the safetensors header) in our format; returns the path."""
+    sd = net_or_state_dict.state_dict() if isinstance(net_or_state_dict, nn.Module) else net_or_state_dict
+    net = _build_strict(sd, unet_config, source="save_model")  # refuse to write a file we could not load
+    tensors = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    header = {
+        "ddpmcodec.format": FORMAT_TAG,
+        "name": str(name),
+        "unet_config": json.dumps(unet_config.to_dict()),
+        "diffusion_config": json.dumps(diffusion_config.to_dict()),
+        "metadata": json.dumps(metadata or {}),
+        "identity": compute_identity(tensors, unet_config, diffusion_config),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    tmp.chmod(0o644)  # safetensors creates 0600 files; weights are not secret
+    tmp.replace(path)
+    return path
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+def resolve_model_path(spec: str | Path = DEFAULT_MODEL) -> Path:
+    """'default' (or the bundled model's name) -> the bundled file; anything else must be an existing path."""
+    if str(spec) in (DEFAULT_MODEL, BUNDLED_MODEL_NAME):
+        path = Path(str(resources.files("ddpmcodec.models").joinpath(BUNDLED_MODEL_FILE)))
+        if not path.is_file():
+            raise InputError(f"bundled model {BUNDLED_MODEL_FILE} is missing; run `python -m eval.make_bundled_model`")
+        return path
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"model not found: {spec} (expected 'default', a .safetensors/.ckpt/.pt/.pth file or a diffusers folder)"
+        )
+    return path
+
+
+def load_model(
+    spec: str | Path = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    unet_config: UNetConfig | None = None,
+) -> DiffusionModel:
+    """Load a model strictly from ``spec`` (see module doc); ``unet_config`` overrides the stored/inferred one."""
+    path = resolve_model_path(spec)
+    src = _read_folder(path, allow_pickle) if path.is_dir() else _read_file(path, allow_pickle)
+    cfg = unet_config or src["unet_config"]
+    net = _build_strict(src["state_dict"], cfg, source=path.name)
+    identity = compute_identity(net.state_dict(), cfg, src["diffusion"])
+    stored = src.get("identity")
+    if stored and stored != identity and unet_config is None:
+        raise InputError(f"{path.name}: content hash {identity} does not match the stored {stored}; file is corrupt")
+    dev = torch.device(device)
+    net.requires_grad_(False).to(dev).eval()
+    return DiffusionModel(net, cfg, src["diffusion"], src["name"], identity, src["metadata"], dev)
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _json_field(header: dict, key: str, path: Path):
+    try:
+        return json.loads(header[key])
+    except (KeyError, ValueError) as e:
+        raise InputError(f"{path.name}: bad or missing '{key}' in the model header ({_one_line(e)})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, header
+    except Exception as e:  # safetensors raises several unrelated types for corrupt files
+        raise InputError(f"cannot read {path.name}: not a valid safetensors file ({_one_line(e)})") from None
+
+
+def _read_pickle(path: Path, allow_pickle: bool) -> dict:
+    if not allow_pickle:
+        raise InputError(f"{path.name} is a pickle-based checkpoint, which can run code when loaded; "
+                         "pass --allow-pickle (allow_pickle=True) only if you trust it")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"cannot read {path.name}: {_one_line(e)}") from None
+    for key in ("state_dict", "model", "ema"):  # common wrappers around a plain state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and "conv_in.weight" not in obj:
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path.name}: does not contain a state dict of tensors")
+    return obj
+
+
+def _foreign(sd: dict, path: Path, header: dict | None = None) -> dict:
+    """Wrap a pytorch_diffusion-layout state dict (config inferred from shapes)."""
+    if any(k.startswith("module.") for k in sd) and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if "time_embedding.linear_1.weight" in sd:
+        raise InputError(f"{path.name}: diffusers weights need their config.json; pass the folder instead")
+    if "temb.dense.0.weight" not in sd:
+        raise InputError(f"{path.name}: unknown weights layout (neither ddpmcodec, pytorch_diffusion nor diffusers)")
+    stem = path.parent.name if path.stem in ("model", "diffusion_pytorch_model") else path.stem
+    meta = {"source": {"layout": "pytorch_diffusion", "file": path.name, "header": header or {}}}
+    return dict(state_dict=sd, unet_config=infer_unet_config(sd), diffusion=DiffusionConfig(), name=stem, metadata=meta)
+
+
+def _read_file(path: Path, allow_pickle: bool) -> dict:
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return _foreign(_read_pickle(path, allow_pickle), path)
+    if suffix != ".safetensors":
+        raise InputError(f"{path.name}: unsupported model file type {suffix!r} (use .safetensors, .ckpt, .pt, .pth)")
+    sd, header = _read_safetensors(path)
+    fmt = header.get("ddpmcodec.format")
+    if fmt is None:
+        return _foreign(sd, path, header)
+    if fmt != FORMAT_TAG:
+        raise InputError(f"{path.name}: unsupported model format {fmt!r} (this version reads {FORMAT_TAG})")
+    try:
+        unet_cfg = UNetConfig.from_dict(_json_field(header, "unet_config", path))
+        diff_cfg = DiffusionConfig.from_dict(_json_field(header, "diffusion_config", path))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path.name}: invalid config in the model header ({_one_line(e)})") from None
+    return dict(state_dict=sd, unet_config=unet_cfg, diffusion=diff_cfg, name=header.get("name", path.stem),
+                metadata=_json_field(header, "metadata", path), identity=header.get("identity"))
+
+
+def _read_folder(path: Path, allow_pickle: bool) -> dict:
+    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    if (unet_dir / "config.json").is_file():
+        try:
+            cfg = json.loads((unet_dir / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{unet_dir / 'config.json'}: unreadable ({_one_line(e)})") from None
+        if "block_out_channels" in cfg:
+            return _read_diffusers(path, unet_dir, cfg, allow_pickle)
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) == 1:
+        return _read_file(files[0], allow_pickle)
+    raise InputError(f"{path}: not a diffusers UNet2DModel folder and holds {len(files)} .safetensors files, not 1")
+
+
+# ---- pytorch_diffusion: config inference --------------------------------------------------------------------------
+def infer_unet_config(sd: dict, resolution: int = 32, dropout: float = 0.1) -> UNetConfig:
+    """UNetConfig implied by the tensor shapes of a pytorch_diffusion state dict (resolution is not stored)."""
+    try:
+        ch, in_channels = sd["conv_in.weight"].shape[:2]
+        out_ch = sd["conv_out.weight"].shape[0]
+        n_levels = len({k.split(".")[1] for k in sd if k.startswith("down.")})
+        mult = [sd[f"down.{i}.block.0.conv1.weight"].shape[0] for i in range(n_levels)]
+        nrb = len({k.split(".")[3] for k in sd if k.startswith("down.0.block.")})
+        attn_levels = [i for i in range(n_levels) if f"down.{i}.attn.0.q.weight" in sd]
+        with_conv = n_levels == 1 or "down.0.downsample.conv.weight" in sd
+        if any(m % ch for m in mult):
+            raise ValueError(f"level widths {mult} are not multiples of ch={ch}")
+        return UNetConfig(ch=int(ch), out_ch=int(out_ch), ch_mult=tuple(m // ch for m in mult), num_res_blocks=nrb,
+                          attn_resolutions=tuple(resolution // 2**i for i in attn_levels), dropout=dropout,
+                          in_channels=int(in_channels), resolution=resolution, resamp_with_conv=with_conv)
+    except KeyError as e:
+        raise InputError(f"cannot infer the U-Net config: tensor {e.args[0]} is missing") from None
+    except (ValueError, IndexError) as e:
+        raise InputError(f"cannot infer the U-Net config: {_one_line(e)}") from None
+
+
+# ---- diffusers UNet2DModel ----------------------------------------------------------------------------------------
+# Settings under which a diffusers UNet2DModel computes exactly the pytorch_diffusion function. Missing keys take
+# diffusers' own defaults (which mostly differ, so an incomplete config is refused rather than guessed).
+_DIFFUSERS_REQUIRED = {
+    "flip_sin_to_cos": (True, False), "freq_shift": (0, 1), "downsample_padding": (1, 0), "norm_eps": (1e-5, 1e-6),
+    "norm_num_groups": (32, 32), "act_fn": ("silu", "silu"), "time_embedding_type": ("positional", "positional"),
+    "center_input_sample": (False, False), "resnet_time_scale_shift": ("default", "default"),
+    "mid_block_scale_factor": (1, 1), "add_attention": (True, True), "class_embed_type": (None, None),
+    "num_class_embeds": (None, None), "time_embedding_dim": (None, None), "attn_norm_num_groups": (None, None),
+    "downsample_type": ("conv", "conv"), "upsample_type": ("conv", "conv"),
+    "mid_block_type": ("UNetMidBlock2D", "UNetMidBlock2D"),
+}
+_RESNET_NAMES = {"norm1": "norm1", "conv1": "conv1", "time_emb_proj": "temb_proj", "norm2": "norm2",
+                 "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+_ATTN_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+               "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+_TOP_NAMES = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "norm_out",
+              "time_embedding.linear_1": "temb.dense.0", "time_embedding.linear_2": "temb.dense.1"}
+_BLOCK_RE = re.compile(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)")
+_SAMPLER_RE = re.compile(r"(down|up)_blocks\.(\d+)\.(downsamplers|upsamplers)\.0\.conv")
+_MID_RE = re.compile(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)")
+
+
+def unet_config_from_diffusers(cfg: dict, dropout: float = 0.1) -> UNetConfig:
+    """UNetConfig for a diffusers UNet2DModel config dict; InputError if it is not the DDPM architecture."""
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise InputError(f"diffusers model class {cfg['_class_name']!r} is not supported (need UNet2DModel)")
+    for key, (default, needed) in _DIFFUSERS_REQUIRED.items():
+        if cfg.get(key, default) != needed:
+            raise InputError(f"diffusers config {key}={cfg.get(key, default)!r} is not the DDPM setting {needed!r}")
+    boc = [int(c) for c in cfg["block_out_channels"]]
+    down, up = list(cfg.get("down_block_types", [])), list(cfg.get("up_block_types", []))
+    if len(down) != len(boc) or len(up) != len(boc) or any(b % boc[0] for b in boc):
+        raise InputError("diffusers config: inconsistent block_out_channels/down_block_types/up_block_types")
+    attn = [d == "AttnDownBlock2D" for d in down]
+    ok_down = all(d in ("DownBlock2D", "AttnDownBlock2D") for d in down)
+    if not ok_down or up != [("AttnUpBlock2D" if a else "UpBlock2D") for a in reversed(attn)]:
+        raise InputError(f"diffusers config: unsupported block types {down} / {up}")
+    head_dim = cfg.get("attention_head_dim", 8)
+    if head_dim is not None and any(head_dim != boc[i] for i in range(len(boc)) if attn[i]):
+        raise InputError(f"diffusers config: attention_head_dim={head_dim} means multi-head attention (need 1 head)")
+    size = cfg.get("sample_size", 32)
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise InputError(f"diffusers config: non-square sample_size {size} is not supported")
+        size = size[0]
+    res = int(size)
+    try:
+        return UNetConfig(ch=boc[0], out_ch=int(cfg.get("out_channels", 3)), ch_mult=tuple(b // boc[0] for b in boc),
+                          num_res_blocks=int(cfg.get("layers_per_block", 2)),
+                          attn_resolutions=tuple(res // 2**i for i in range(len(boc)) if attn[i]),
+                          dropout=float(cfg.get("dropout", dropout)), in_channels=int(cfg.get("in_channels", 3)),
+                          resolution=res, resamp_with_conv=True)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"diffusers config: {_one_line(e)}") from None
+
+
+def diffusers_to_pytorch_diffusion(sd: dict, n_levels: int) -> dict:
+    """Rename a diffusers UNet2DModel state dict to our names (up blocks reversed; Linear attention -> 1x1 conv)."""
+    out = {}
+    for key, value in sd.items():
+        module, _, param = key.rpartition(".")
+        new, is_attn = None, False
+        if module in _TOP_NAMES:
+            new = f"{_TOP_NAMES[module]}.{param}"
+        elif m := _BLOCK_RE.fullmatch(module):
+            side, i, kind, j, leaf = m.groups()
+            level = int(i) if side == "down" else n_levels - 1 - int(i)
+            names, sub = (_RESNET_NAMES, "block") if kind == "resnets" else (_ATTN_NAMES, "attn")
+            if leaf in names:
+                new, is_attn = f"{side}.{level}.{sub}.{j}.{names[leaf]}.{param}", kind == "attentions"
+        elif m := _SAMPLER_RE.fullmatch(module):
+            side, i, _ = m.groups()
+            level = int(i) if side == "down" else n_levels - 1 - int(i)
+            new = f"{side}.{level}.{side}sample.conv.{param}"
+        elif m := _MID_RE.fullmatch(module):
+            kind, j, leaf = m.groups()
+            if kind == "resnets" and leaf in _RESNET_NAMES and j in ("0", "1"):
+                new = f"mid.block_{int(j) + 1}.{_RESNET_NAMES[leaf]}.{param}"
+            elif kind == "attentions" and leaf in _ATTN_NAMES and j == "0":
+                new, is_attn = f"mid.attn_1.{_ATTN_NAMES[leaf]}.{param}", True
+        if new is None or param not in ("weight", "bias"):
+            raise InputError(f"diffusers weights: unexpected tensor {key!r}")
+        if new in out:
+            raise InputError(f"diffusers weights: two tensors map to {new!r} (old and new attention names mixed?)")
+        if is_attn and value.dim() == 2:  # Linear (C, C) -> 1x1 conv (C, C, 1, 1)
+            value = value.reshape(*value.shape, 1, 1)
+        out[new] = value
+    return out
+
+
+def _read_diffusers(path: Path, unet_dir: Path, cfg: dict, allow_pickle: bool) -> dict:
+    unet_cfg = unet_config_from_diffusers(cfg)
+    st, binf = unet_dir / "diffusion_pytorch_model.safetensors", unet_dir / "diffusion_pytorch_model.bin"
+    if st.is_file():
+        raw, _ = _read_safetensors(st)
+    elif binf.is_file():
+        raw = _read_pickle(binf, allow_pickle)
+    else:
+        raise InputError(f"{unet_dir}: no diffusion_pytorch_model.safetensors or .bin (sharded files unsupported)")
+    sd = diffusers_to_pytorch_diffusion(raw, len(unet_cfg.ch_mult))
+    diffusion = DiffusionConfig()
+    for cand in (path / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
+                 unet_dir.parent / "scheduler" / "scheduler_config.json"):
+        if cand.is_file():
+            diffusion = _diffusion_from_scheduler(cand)
+            break
+    meta = {"source": {"layout": "diffusers", "folder": path.name, "config": cfg}}
+    return dict(state_dict=sd, unet_config=unet_cfg, diffusion=diffusion, name=path.name, metadata=meta)
+
+
+def _diffusion_from_scheduler(path: Path) -> DiffusionConfig:
+    try:
+        s = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({_one_line(e)})") from None
+    if s.get("beta_schedule", "linear") != "linear" or s.get("trained_betas") is not None:
+        raise InputError(f"{path}: only the linear beta schedule is supported")
+    return DiffusionConfig(T=int(s.get("num_train_timesteps", 1000)), beta_schedule="linear",
+                           beta_start=float(s.get("beta_start", 1e-4)), beta_end=float(s.get("beta_end", 0.02)))
+
+
+# ---- strict construction ------------------------------------------------------------------------------------------
+def _build_strict(sd: dict, cfg: UNetConfig, source: str) -> UNet:
+    """UNet(cfg) holding exactly the tensors of ``sd`` (float32); InputError on any key/shape/dtype mismatch."""
+    try:
+        with torch.device("meta"):
+            net = UNet(cfg)
+    except ValueError as e:
+        raise InputError(f"{source}: invalid U-Net config ({_one_line(e)})") from None
+    expected = net.state_dict()
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise InputError(f"{source}: weights do not match the U-Net config: {', '.join(parts)} tensors")
+    for k, ref in expected.items():
+        v = sd[k]
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise InputError(f"{source}: tensor {k} is not floating point")
+        if tuple(v.shape) != tuple(ref.shape):
+            raise InputError(f"{source}: shape mismatch for {k}: file {tuple(v.shape)}, model {tuple(ref.shape)}")
+    weights = {k: sd[k].detach().to("cpu", torch.float32).contiguous() for k in expected}
+    bad = next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise InputError(f"{source}: tensor {bad} holds NaN or infinite values")
+    try:
+        net.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as e:
+        raise InputError(f"{source}: {_one_line(e)}") from None
+    return net.eval()

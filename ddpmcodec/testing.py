@@ -1,0 +1,49 @@
+"""Helpers for tests: tiny seeded U-Nets saved and reloaded through :func:`ddpmcodec.model_io.load_model`.
+
+Random weights are drawn from an explicit ``torch.Generator`` (the global RNG is untouched) and GroupNorm affine
+parameters are perturbed away from (1, 0), so a loader that swaps two same-shaped tensors changes the output.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .diffusion import DiffusionConfig
+from .model_io import DiffusionModel, load_model, save_model
+from .unet import UNet, UNetConfig
+
+
+def tiny_unet_config(resolution: int = 8) -> UNetConfig:
+    """ch=32, two levels (attention on the second, at resolution/2), one res block; ~0.3M parameters."""
+    return UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(resolution // 2,),
+                      resolution=resolution, dropout=0.0)
+
+
+def random_unet(config: UNetConfig, seed: int = 0) -> UNet:
+    """UNet(config) in eval mode with seeded random weights (uniform +-1/sqrt(fan_in); GN affine ~ N(1|0, 0.1))."""
+    with torch.device("meta"):
+        net = UNet(config)
+    net = net.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                bound = 1.0 / math.sqrt(module.weight[0].numel())
+                module.weight.uniform_(-bound, bound, generator=g)
+                module.bias.uniform_(-bound, bound, generator=g)
+            elif isinstance(module, nn.GroupNorm):
+                module.weight.normal_(1.0, 0.1, generator=g)
+                module.bias.normal_(0.0, 0.1, generator=g)
+    return net.eval()
+
+
+def make_tiny_model(tmp_path: str | Path, resolution: int = 8, seed: int = 0,
+                    diffusion: DiffusionConfig = DiffusionConfig()) -> DiffusionModel:
+    """A tiny random model written to ``tmp_path/tiny-<seed>.safetensors`` and loaded back (real identity)."""
+    config = tiny_unet_config(resolution)
+    path = Path(tmp_path) / f"tiny-r{resolution}-s{seed}.safetensors"
+    save_model(path, random_unet(config, seed), config, diffusion, name=f"tiny-r{resolution}-s{seed}")
+    return load_model(path)
