@@ -153,7 +153,8 @@ def gaussian_kl(mu_q: torch.Tensor, var_q, mu_p: torch.Tensor, var_p) -> torch.T
 
 
 def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    """Phi(x) via erfc: accurate far into the lower tail (the upper tail is handled by mirroring)."""
+    return 0.5 * torch.erfc(-x / math.sqrt(2.0))
 
 
 def discretized_gaussian_log_probs(mean: torch.Tensor, std) -> torch.Tensor:
