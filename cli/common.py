@@ -1,0 +1,85 @@
+"""Helpers shared by the CLI commands: model options, devices, safe output, progress bars."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from ddpmcodec.errors import InputError
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device} requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars go to stderr, only when it is a terminal and not --quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
+def model_options(f):
+    """--model / --allow-pickle / --device, in that order on the command line help."""
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")(f)
+    f = click.option("--allow-pickle", is_flag=True, help="Allow pickle-based checkpoints (only if trusted).")(f)
+    f = click.option("--model", "model_spec", default="default", show_default=True,
+                     help="Bundled model name, weights file, or diffusers folder.")(f)
+    return f
+
+
+def load(model_spec: str, allow_pickle: bool, device: str):
+    from ddpmcodec.model_io import load_model
+
+    return load_model(model_spec, device=resolve_device(device), allow_pickle=allow_pickle)
+
+
+def check_writable(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; pass -f/--force to overwrite")
+    if path.exists() and path.is_dir():
+        raise InputError(f"{path} is a directory")
+    if not path.parent.exists():
+        raise InputError(f"{path.parent}: no such directory")
+
+
+def write_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write via a temporary file + rename, so a failure never leaves a partial or clobbered output."""
+    check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_input(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    return p.read_bytes()
+
+
+def parse_stop(value: str | None) -> tuple[int | None, int | None]:
+    """'t=200' -> (200, None); 'bytes=1500' -> (None, 1500); 'lossless' -> (0, None)."""
+    if value is None:
+        return None, None
+    v = value.strip().lower()
+    if v == "lossless":
+        return 0, None
+    key, _, num = v.partition("=")
+    if key not in ("t", "bytes") or not num.isdigit():
+        raise InputError(f"--stop-at must be t=N, bytes=N or lossless, got {value!r}")
+    return (int(num), None) if key == "t" else (None, int(num))

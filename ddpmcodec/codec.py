@@ -1,0 +1,311 @@
+"""Progressive DDPM codec: Algorithm 3 (encode) and Algorithm 4 (decode, stoppable at any coded step).
+
+Per coded step t -> s the sender transmits a sample of q(x_s | x_t, x_0) under the model's p(x_s | x_t) by PFR
+channel simulation (channel.py); x_T is free (shared seed); x_0 is coded exactly from x_{t_end} with rANS under a
+quantized discretized Gaussian around x^_0 (entropy.py). Both sides run the same `_Chain`, so the decoder
+reproduces the encoder's x_t; a CRC of the pixels turns any mismatch into a clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import channel, container, entropy
+from .diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
+from .errors import DeterminismError, FormatError, InputError, ModelMismatchError
+from .images import from_tiles, psnr, to_tiles
+from .steps import Profile, equal_kl_schedule, profile_for
+
+EPS_BATCH = 64  # tiles per network call
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """Encoder choices; all of them travel in the header."""
+
+    n_steps: int = container.DEFAULTS["n_steps"]  # equal-KL coded steps between T and t_end
+    t_end: int = container.DEFAULTS["t_end"]  # PFR runs down to x_{t_end}; x_0 is then coded directly
+    budget_bits: int = container.DEFAULTS["budget_bits"]  # target KL per chunk
+    margin_bits: int = container.DEFAULTS["margin_bits"]  # candidates per chunk = 2^(budget + margin)
+    seed: int = container.DEFAULTS["seed"]
+    prior: str = "calibrated"  # or "fixedlarge"
+
+
+@dataclass
+class StepStat:
+    t: int  # the receiver holds x_t after this step
+    ideal_bits: float  # KL of this step (0 for x_T); lossless layer: its code length
+    bytes_if_stopped: int = 0  # whole-file size of the prefix ending here
+    psnr: float = float("nan")  # of x^_0 at t against the original (encoder side)
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    header: container.Header
+    steps: list[StepStat] = field(default_factory=list)
+    seconds: float = 0.0
+    unet_seconds: float = 0.0
+
+
+def codec_model_id(model, profile: Profile) -> bytes:
+    """8-byte identity of everything the decoder must share: weights, configs and the rate profile."""
+    return hashlib.sha256(f"{model.identity}:{profile.digest()}".encode()).digest()[:container.MODEL_ID_BYTES]
+
+
+class _Chain:
+    """State shared by encoder and decoder: schedule, prior, coded dimensions, per-step seeds."""
+
+    def __init__(self, model, h: container.Header, mask: torch.Tensor):
+        self.model = model
+        self.sched = Schedule(model.diffusion)
+        self.profile = profile_for(model)
+        if codec_model_id(model, self.profile) != h.model_id:
+            raise ModelMismatchError(
+                f"file was encoded with a different model (id {h.model_id.hex()}, this model "
+                f"{codec_model_id(model, self.profile).hex()}); pass the same --model used to encode")
+        if h.tile != model.unet_config.resolution:
+            raise ModelMismatchError(f"file uses {h.tile}px tiles, the model works on {model.unet_config.resolution}px")
+        self.h = h
+        self.steps = equal_kl_schedule(self.profile, h.n_steps, h.t_end)
+        self.mask = mask
+        self.coded = torch.nonzero(mask.flatten()).squeeze(1)
+        self.free = torch.nonzero(~mask.flatten()).squeeze(1)
+        self.n_candidates = 2 ** (h.budget_bits + h.margin_bits)
+        self.unet_seconds = 0.0
+
+    def seed(self, k: int) -> int:
+        return channel.mix_seed(self.h.seed, k, self.steps[k], self.steps[k + 1] if k + 1 < len(self.steps) else 0)
+
+    def x_T(self) -> torch.Tensor:
+        return channel.free_noise(channel.mix_seed(self.h.seed, 1 << 40), self.mask.numel()).view(self.mask.shape)
+
+    def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        start = time.perf_counter()
+        dev = self.model.device
+        outs = [self.model.eps(x[i:i + EPS_BATCH].to(dev), t).float().cpu() for i in range(0, len(x), EPS_BATCH)]
+        self.unet_seconds += time.perf_counter() - start
+        return torch.cat(outs)
+
+    def x0_hat(self, x_t: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+        return predict_x0(self.sched, x_t, eps, t).clamp(-1.0, 1.0)
+
+    def prior(self, x_t: torch.Tensor, t: int, s: int, x0_hat: torch.Tensor) -> tuple[torch.Tensor, float]:
+        mu_p = posterior_mean(self.sched, x0_hat, x_t, t, s)
+        kind = container.PRIOR_KINDS[self.h.prior_kind]
+        var_p = self.sched.prior_variance(t, s, kind, mse_x0=float(self.profile.mse_x0[t]))
+        return mu_p, var_p
+
+    def n_chunks(self, q_log_kl: int) -> int:
+        return max(1, math.ceil(2.0 ** (q_log_kl / 8.0) / self.h.budget_bits))
+
+    def first_log_kl_prediction(self) -> int:
+        t, s = self.steps[0], self.steps[1]
+        expected = float(self.profile.rate_bpd[s + 1: t + 1].sum()) * len(self.coded)
+        return entropy.quantize_log_kl(expected)
+
+    def advance(self, k: int, x_t: torch.Tensor, mu_p: torch.Tensor, var_p: float, q_log_kl: int,
+                indices: torch.Tensor) -> torch.Tensor:
+        """Rebuild x_s from the step's symbols (the same code on both sides)."""
+        seed = self.seed(k)
+        layout = channel.ChunkLayout.make(len(self.coded), self.n_chunks(q_log_kl), channel.mix_seed(seed, 0))
+        z = torch.empty(self.mask.numel(), dtype=torch.float32)
+        z[self.coded] = layout.scatter(channel.pfr_reconstruct(seed, layout, indices), len(self.coded))
+        if len(self.free):
+            z[self.free] = channel.free_noise(seed, len(self.free))
+        return mu_p + math.sqrt(var_p) * z.view(self.mask.shape)
+
+    def pixel_rows(self, x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
+        means = (from_tiles(x0_hat, height, width).double() + 1.0) * 127.5
+        return entropy.quantize_pixel_means(means.numpy().ravel())
+
+
+def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> container.Header:
+    if s.prior not in container.PRIOR_KINDS:
+        raise InputError(f"unknown prior {s.prior!r}; choose from {container.PRIOR_KINDS}")
+    T = model.diffusion.T
+    if not 1 <= s.t_end < T:
+        raise InputError(f"t_end must be in 1..{T - 1}")
+    if not (1 <= s.budget_bits <= 15 and 0 <= s.margin_bits <= 12 and s.budget_bits + s.margin_bits <= 20):
+        raise InputError("chunk budget must be 1..15 bits, margin 0..12, budget + margin <= 20")
+    if s.seed < 0 or s.n_steps < 1:
+        raise InputError("seed must be >= 0 and steps >= 1")
+    h, w, _ = pixels.shape
+    return container.Header(
+        mode=container.MODE_PROGRESSIVE, model_id=codec_model_id(model, profile), width=w, height=h,
+        source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
+        n_steps=int(s.n_steps), t_end=int(s.t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
+        margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
+        sigma_index=0, pixel_crc=pixel_check(pixels), payload_words=0)
+
+
+def pixel_check(pixels: np.ndarray) -> int:
+    """16-bit check of the exact pixels (low bits of CRC-32), stored with lossless files."""
+    return zlib.crc32(np.ascontiguousarray(pixels).tobytes()) & 0xFFFF
+
+
+def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(), *, source_mode: str = "RGB",
+           stop_at_t: int = 0, target_psnr: float | None = None,
+           progress: Callable[[int, int], None] | None = None) -> EncodeResult:
+    """Encode uint8 (H, W, 3) pixels. stop_at_t > 0 ends the file at the first coded t <= stop_at_t (lossy);
+    target_psnr ends it at the first step whose x^_0 reaches that PSNR. progress(k, n) is called per step."""
+    start = time.perf_counter()
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise InputError("expected an (H, W, 3) uint8 image")
+    channel.check_candidate_generator()
+    profile = profile_for(model)
+    h = _header_for(model, profile, pixels, source_mode, settings)
+    x0, mask = to_tiles(pixels, h.tile)
+    chain = _Chain(model, h, mask)
+    steps = chain.steps
+    height, width = pixels.shape[:2]
+    x_t = chain.x_T()
+    stats = [StepStat(t=steps[0], ideal_bits=0.0)]
+    symbols: list[tuple[int, np.ndarray, float]] = []
+    prev_q = chain.first_log_kl_prediction()
+    lossless = stop_at_t == 0 and target_psnr is None
+    x0_hat = None
+    for k in range(len(steps) - 1):
+        t, s = steps[k], steps[k + 1]
+        eps = chain.eps(x_t, t)
+        x0_hat = chain.x0_hat(x_t, t, eps)
+        stats[-1].psnr = psnr(_to_uint8(x0_hat, height, width), pixels)
+        if (stop_at_t and t <= stop_at_t) or (target_psnr is not None and stats[-1].psnr >= target_psnr):
+            lossless = False
+            x0_hat = None
+            break
+        mu_p, var_p = chain.prior(x_t, t, s, x0_hat)
+        c0, _, var_q = chain.sched.skip_posterior_coefs(t, s)
+        mu_q = posterior_mean(chain.sched, x0, x_t, t, s)
+        kl_bits = float(gaussian_kl(mu_q.double().flatten()[chain.coded], var_q,
+                                    mu_p.double().flatten()[chain.coded], var_p).sum()) / math.log(2.0)
+        q = entropy.quantize_log_kl(kl_bits)
+        layout = channel.ChunkLayout.make(len(chain.coded), chain.n_chunks(q), channel.mix_seed(chain.seed(k), 0))
+        delta = ((mu_p - mu_q).flatten()[chain.coded] / math.sqrt(var_q)).float()
+        indices = channel.pfr_select(chain.seed(k), layout, delta, math.sqrt(var_p / var_q), chain.n_candidates)
+        symbols.append((q, indices.numpy().astype(np.int32), prev_q))
+        prev_q = q
+        x_t = chain.advance(k, x_t, mu_p, var_p, q, indices)
+        stats.append(StepStat(t=s, ideal_bits=kl_bits))
+        if progress:
+            progress(k + 1, len(steps) - 1)
+    coder = entropy.new_coder()
+    if lossless:
+        eps = chain.eps(x_t, steps[-1])
+        x0_hat = chain.x0_hat(x_t, steps[-1], eps)
+        stats[-1].psnr = psnr(_to_uint8(x0_hat, height, width), pixels)
+        rows = chain.pixel_rows(x0_hat, height, width)
+        h.sigma_index = _best_sigma_index(pixels.ravel(), rows)
+        entropy.push_pixels(coder, pixels.ravel(), rows, h.sigma_index)
+        stats.append(StepStat(t=0, ideal_bits=entropy.pixel_code_length_bits(pixels.ravel(), rows, h.sigma_index),
+                              psnr=float("inf")))
+    marks = [coder.num_words()]
+    for k in reversed(range(len(symbols))):
+        q, idx, pred = symbols[k]
+        coder.encode_reverse(idx, entropy.zipf_model(chain.n_candidates,
+                                                     entropy.zipf_kl_for(q, len(idx), h.budget_bits)))
+        entropy.push_log_kl(coder, np.array([q]), np.array([pred]))
+        marks.append(coder.num_words())
+    marks.reverse()  # marks[k]: words on the stack holding steps k.. (and the x_0 layer)
+    words = coder.get_compressed()
+    h.steps_present, h.lossless, h.payload_words = len(symbols), int(lossless), len(words)
+    data = container.pack(h, entropy.words_to_bytes(words))
+    header_bytes = len(data) - 4 * len(words)
+    for k, st in enumerate(stats[: len(symbols) + 1]):
+        st.bytes_if_stopped = header_bytes + 4 * prefix_words(len(words), marks[k])
+    if lossless:
+        stats[-1].bytes_if_stopped = len(data)
+    return EncodeResult(data, h, stats, time.perf_counter() - start, chain.unet_seconds)
+
+
+def prefix_words(total: int, mark: int) -> int:
+    """Words a stack prefix needs so that everything above `mark` decodes (the AnsCoder head holds 2 words)."""
+    if mark >= total:
+        return 0
+    return total if mark == 0 else min(total, total - mark + 2)
+
+
+def _best_sigma_index(pixels: np.ndarray, rows: np.ndarray) -> int:
+    resid = pixels.astype(np.float64) - rows / entropy.PIXEL_MEAN_GRID + 0.5
+    guess = int(round(8 * math.log2(max(np.sqrt(np.mean(resid ** 2)), 0.25) / 0.25)))
+    cands = range(max(0, guess - 6), min(entropy.SIGMA_TABLE_SIZE, guess + 7))
+    return min(cands, key=lambda i: entropy.pixel_code_length_bits(pixels, rows, i))
+
+
+def _to_uint8(x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
+    img = from_tiles(x0_hat, height, width)
+    return torch.round((img.clamp(-1, 1) + 1.0) * 127.5).to(torch.uint8).numpy()
+
+
+@dataclass
+class DecodedStep:
+    t: int  # 0 for the exact (lossless) image
+    bytes_read: int  # file bytes needed to reach this point
+    pixels: np.ndarray  # (H, W, 3) uint8: x^_0 (eq. 15) at t, or the exact image at t = 0
+
+
+def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
+                       every_step: bool = True) -> Iterator[DecodedStep]:
+    """Algorithm 4: yield x^_0 after every coded step (or only the final result when every_step=False).
+
+    Stops at the first coded t <= stop_at_t, at the last step whose prefix fits in stop_at_bytes, or at the end of
+    what the file holds; a complete lossless file ends with the exact image (t = 0).
+    """
+    channel.check_candidate_generator()
+    parsed = container.unpack(data)
+    h = parsed.header
+    if h.mode != container.MODE_PROGRESSIVE:
+        raise FormatError("this file was written in bits-back mode; decode it with the bits-back decoder")
+    _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
+    chain = _Chain(model, h, mask)
+    steps = chain.steps
+    if h.steps_present > len(steps) - 1 or (h.lossless and h.steps_present != len(steps) - 1):
+        raise FormatError("corrupt header (step count does not match the schedule)")
+    words = entropy.bytes_to_words(parsed.payload)
+    total = h.payload_words
+    coder = entropy.new_coder(words)
+    x_t = chain.x_T()
+    prev_q = chain.first_log_kl_prediction() if len(steps) > 1 else 0
+    limit_t = -1 if stop_at_t is None else stop_at_t
+    bytes_here = parsed.header_bytes  # bytes needed to reach the current step
+    for k in range(h.steps_present + 1):
+        t = steps[k]
+        eps = chain.eps(x_t, t)
+        x0_hat = chain.x0_hat(x_t, t, eps)
+        stop = k == h.steps_present or t <= limit_t
+        if not stop:
+            q = entropy.pop_log_kl(coder, prev_q)
+            n = chain.n_chunks(q)
+            if n > 4 * len(chain.coded):
+                raise FormatError("corrupt payload (implausible chunk count)")
+            idx = coder.decode(entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, h.budget_bits)), n)
+            remaining = coder.num_words()
+            bytes_next = parsed.header_bytes + 4 * prefix_words(total, total - len(words) + remaining)
+            if not parsed.complete and remaining < 2:
+                stop = True  # a partial file: this step's data is cut off
+            elif stop_at_bytes is not None and bytes_next > stop_at_bytes:
+                stop = True
+        to_exact = stop and k == h.steps_present and h.lossless and parsed.complete and limit_t < t and (
+            stop_at_bytes is None or stop_at_bytes >= len(data))
+        if every_step or (stop and not to_exact):
+            yield DecodedStep(t, bytes_here, _to_uint8(x0_hat, h.height, h.width))
+        if stop:
+            break
+        prev_q, bytes_here = q, bytes_next
+        mu_p, var_p = chain.prior(x_t, t, steps[k + 1], x0_hat)
+        x_t = chain.advance(k, x_t, mu_p, var_p, q, torch.from_numpy(idx.astype(np.int64)))
+    if not to_exact:
+        return
+    rows = chain.pixel_rows(x0_hat, h.height, h.width)
+    pixels = entropy.pop_pixels(coder, rows, h.sigma_index).reshape(h.height, h.width, 3)
+    if pixel_check(pixels) != h.pixel_crc:
+        raise DeterminismError("decoded pixels fail the checksum: this machine did not reproduce the encoder's "
+                               "network outputs (different model build, torch version or device numerics)")
+    yield DecodedStep(0, len(data), pixels)

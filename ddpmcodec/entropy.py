@@ -1,0 +1,126 @@
+"""rANS entropy models on constriction's AnsCoder (a stack: the last thing pushed is popped first).
+
+The progressive stream is one stack. Symbols are pushed in reverse decoding order, so the decoder pops
+x_T's step first; the words are stored top-first in the file, which makes every prefix hold the early steps.
+Every model here is a function of integers and fixed tables only, never of floating-point network outputs,
+except the pixel model, whose parameters are quantized (mean grid, scale index) before use.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import constriction
+import numpy as np
+import torch
+
+from .errors import FormatError
+
+_MODELS = constriction.stream.model
+_AnsCoder = constriction.stream.stack.AnsCoder
+
+LOG_KL_MIN, LOG_KL_MAX = -64, 255  # quantized log2(step KL in bits) * 8
+PIXEL_MEAN_GRID = 8  # pixel means are snapped to 1/8 grey level
+SIGMA_TABLE_SIZE = 64
+
+
+def new_coder(words: np.ndarray | None = None):
+    """An AnsCoder; with words (uint32, top of stack last) a decoder."""
+    if words is None:
+        return _AnsCoder()
+    return _AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+
+
+@lru_cache(maxsize=64)
+def zipf_model(n_candidates: int, kl_bits: float):
+    """Truncated Zipf law P(k) ~ (k+1)^-lambda on 0..n-1, lambda = 1 + 1/(KL + 1/e + 1) (Li & El Gamal)."""
+    lam = 1.0 + 1.0 / (kl_bits + math.exp(-1.0) + 1.0)
+    p = np.arange(1, n_candidates + 1, dtype=np.float64) ** (-lam)
+    return _MODELS.Categorical(p / p.sum(), perfect=False)
+
+
+def zipf_kl_for(q_log_kl: int, n_chunks: int, budget_bits: int) -> float:
+    """The KL per chunk the index code assumes: the step's transmitted KL shared by its chunks, capped at budget."""
+    total = 2.0 ** (q_log_kl / 8.0)
+    return float(min(budget_bits, max(0.25, round(total / n_chunks * 4) / 4)))
+
+
+_LOG_KL_MODEL = _MODELS.QuantizedLaplace(LOG_KL_MIN, LOG_KL_MAX)
+
+
+def push_log_kl(coder, values: np.ndarray, predictions: np.ndarray) -> None:
+    """Push quantized log-KL values (int) with a Laplace around integer predictions (scale 6)."""
+    coder.encode_reverse(np.asarray(values, np.int32), _LOG_KL_MODEL, np.asarray(predictions, np.float64),
+                         np.full(len(values), 6.0))
+
+
+def pop_log_kl(coder, prediction: int) -> int:
+    return int(coder.decode(_LOG_KL_MODEL, np.array([float(prediction)]), np.array([6.0]))[0])
+
+
+def quantize_log_kl(kl_bits: float) -> int:
+    q = int(math.ceil(8.0 * math.log2(max(kl_bits, 2.0 ** (LOG_KL_MIN / 8.0)))))
+    return int(min(max(q, LOG_KL_MIN), LOG_KL_MAX))
+
+
+def sigma_from_index(index: int) -> float:
+    """Pixel-model standard deviation in grey levels for a 6-bit table index (0.25 .. ~60 levels)."""
+    return 0.25 * 2.0 ** (index / 8.0)
+
+
+@lru_cache(maxsize=8)
+def pixel_table(sigma_index: int) -> np.ndarray:
+    """(256 * 8 + 1, 256) float64 probabilities of pixel values for each quantized mean m/8, m = 0..2048.
+
+    Eq. 13 in grey levels: N(mean, sigma^2) integrated over [k - 0.5, k + 0.5], edge bins extended to +-inf.
+    """
+    sigma = sigma_from_index(sigma_index)
+    means = np.arange(256 * PIXEL_MEAN_GRID + 1, dtype=np.float64)[:, None] / PIXEL_MEAN_GRID - 0.5
+    means = np.clip(means, 0.0, 255.0)
+    edges = np.arange(257, dtype=np.float64) - 0.5
+    cdf = torch.special.ndtr(torch.from_numpy((edges[None, :] - means) / sigma)).numpy()
+    cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+    probs = np.diff(cdf, axis=1)
+    probs = np.maximum(probs, 1e-12)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def quantize_pixel_means(means: np.ndarray) -> np.ndarray:
+    """Float means in grey levels -> integer rows of :func:`pixel_table` (grid 1/8, clipped)."""
+    q = np.floor((np.asarray(means, np.float64) + 0.5) * PIXEL_MEAN_GRID + 0.5)
+    return np.clip(q, 0, 256 * PIXEL_MEAN_GRID).astype(np.int64)
+
+
+def pixel_code_length_bits(pixels: np.ndarray, mean_rows: np.ndarray, sigma_index: int) -> float:
+    """Ideal code length of pixels (uint8, flat) under the quantized pixel model."""
+    table = pixel_table(sigma_index)
+    return float(-np.log2(table[mean_rows, pixels.astype(np.int64)]).sum())
+
+
+def push_pixels(coder, pixels: np.ndarray, mean_rows: np.ndarray, sigma_index: int) -> None:
+    table = pixel_table(sigma_index)
+    coder.encode_reverse(pixels.astype(np.int32).ravel(), _MODELS.Categorical(perfect=False), table[mean_rows.ravel()])
+
+
+def pop_pixels(coder, mean_rows: np.ndarray, sigma_index: int) -> np.ndarray:
+    table = pixel_table(sigma_index)
+    out = coder.decode(_MODELS.Categorical(perfect=False), table[mean_rows.ravel()])
+    return out.astype(np.uint8)
+
+
+def words_to_bytes(words: np.ndarray) -> bytes:
+    """Stack words (top last) -> file bytes, top word first, little-endian."""
+    return np.ascontiguousarray(words[::-1], dtype="<u4").tobytes()
+
+
+def bytes_to_words(data: bytes) -> np.ndarray:
+    """File bytes (top first) -> stack words (top last). A trailing partial word is dropped."""
+    n = len(data) // 4
+    if n == 0:
+        return np.zeros(0, dtype=np.uint32)
+    return np.frombuffer(data[: 4 * n], dtype="<u4")[::-1].astype(np.uint32)
+
+
+def check_symbols_in_range(values: np.ndarray, lo: int, hi: int, what: str) -> None:
+    if values.size and (values.min() < lo or values.max() > hi):
+        raise FormatError(f"{what} out of range [{lo}, {hi}]")

@@ -1,0 +1,102 @@
+"""Operations on .ddpm files that need no network evaluation: step table, truncation, summaries.
+
+The chunk indices are coded with fixed laws (entropy.py), so the payload parses without running the U-Net; only
+the schedule (from the model's profile) is needed to label steps with their timestep t.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import container, entropy
+from .codec import _Chain, prefix_words
+from .errors import FormatError, InputError
+from .images import to_tiles
+
+
+@dataclass
+class StepEntry:
+    index: int  # coded steps decoded to reach this point (0 = x_T only)
+    t: int  # timestep held after it (0: exact image)
+    bytes: int  # whole-file bytes needed to decode up to here
+
+
+def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
+    """Every stop point the file offers, with the bytes it needs. Entries past a cut-off prefix are omitted."""
+    parsed = container.unpack(data)
+    h = parsed.header
+    if h.mode != container.MODE_PROGRESSIVE:
+        raise FormatError("step tables exist only for progressive files")
+    _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
+    chain = _Chain(model, h, mask)
+    if h.steps_present > len(chain.steps) - 1:
+        raise FormatError("corrupt header (more steps than the schedule has)")
+    words = entropy.bytes_to_words(parsed.payload)
+    total = h.payload_words
+    coder = entropy.new_coder(words)
+    prev_q = chain.first_log_kl_prediction() if len(chain.steps) > 1 else 0
+    table = [StepEntry(0, chain.steps[0], parsed.header_bytes)]
+    for k in range(h.steps_present):
+        q = entropy.pop_log_kl(coder, prev_q)
+        n = chain.n_chunks(q)
+        if n > 4 * len(chain.coded):
+            raise FormatError("corrupt payload (implausible chunk count)")
+        coder.decode(entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, h.budget_bits)), n)
+        remaining = coder.num_words()
+        if not parsed.complete and remaining < 2:
+            break
+        table.append(StepEntry(k + 1, chain.steps[k + 1],
+                               parsed.header_bytes + 4 * prefix_words(total, total - len(words) + remaining)))
+        prev_q = q
+    if h.lossless and parsed.complete:
+        table.append(StepEntry(h.steps_present + 1, 0, len(data)))
+    return parsed, table
+
+
+def choose_stop(table: list[StepEntry], stop_at_t: int | None = None, stop_at_bytes: int | None = None) -> StepEntry:
+    """The entry a decoder stops at: first t <= stop_at_t (t=0 means lossless), or the last that fits the bytes."""
+    if stop_at_t is not None:
+        for e in table:
+            if e.t <= stop_at_t:
+                return e
+        return table[-1]
+    if stop_at_bytes is not None:
+        fitting = [e for e in table if e.bytes <= stop_at_bytes]
+        if not fitting:
+            raise InputError(f"{stop_at_bytes} bytes is less than the header ({table[0].bytes} bytes)")
+        return fitting[-1]
+    return table[-1]
+
+
+def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None) -> bytes:
+    """A shorter valid file that decodes exactly like `data` stopped at the chosen step (no re-encoding)."""
+    parsed, table = step_table(data, model)
+    entry = choose_stop(table, stop_at_t, stop_at_bytes)
+    h = parsed.header
+    if entry.t == 0:
+        return data
+    payload_bytes = entry.bytes - parsed.header_bytes
+    new = container.Header(**{**h.__dict__, "steps_present": entry.index, "lossless": 0,
+                              "payload_words": payload_bytes // 4})
+    return container.pack(new, parsed.payload[:payload_bytes])
+
+
+def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> list[str]:
+    h = parsed.header
+    dims = h.width * h.height * 3
+    lines = [f"format       .ddpm v{container.VERSION}, {'progressive' if h.mode == 0 else 'bits-back'}"
+             f"{'' if parsed.complete else ' (PARTIAL FILE: payload cut off)'}",
+             f"image        {h.width}x{h.height} {container.SOURCE_MODES[h.source_mode]}, tiles {h.tile}px",
+             f"model id     {h.model_id.hex()}",
+             f"schedule     {h.n_steps} equal-KL steps down to t={h.t_end}, prior {container.PRIOR_KINDS[h.prior_kind]}",
+             f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
+             f"content      {h.steps_present} coded steps{' + exact x_0 layer (lossless)' if h.lossless else ''}",
+             f"size         {parsed.header_bytes + len(parsed.payload)} bytes (header {parsed.header_bytes}), "
+             f"{8 * (parsed.header_bytes + len(parsed.payload)) / (h.width * h.height):.3f} bpp"]
+    if table:
+        lines.append(f"{'step':>6} {'t':>6} {'bytes':>9} {'bpp':>8} {'bits/dim':>9}")
+        for e in table:
+            lines.append(f"{e.index:>6} {e.t:>6} {e.bytes:>9} {8 * e.bytes / (h.width * h.height):>8.4f} "
+                         f"{8 * e.bytes / dims:>9.4f}")
+    return lines

@@ -1,0 +1,138 @@
+"""Progressive codec round trips with a tiny random model: exactness, prefixes, truncation, error paths."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from ddpmcodec import container
+from ddpmcodec.codec import CodecSettings, decode_progressive, encode
+from ddpmcodec.errors import DeterminismError, FormatError, ModelMismatchError
+from ddpmcodec.fileops import step_table, truncate
+from ddpmcodec.testing import make_tiny_model
+
+FAST = CodecSettings(n_steps=12, budget_bits=6, margin_bits=2)
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.integers(-9, 10, (h, w, 3)), axis=1) + np.cumsum(rng.integers(-5, 6, (h, 1, 3)), axis=0)
+    return np.clip(walk + 128, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("m"), resolution=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def coded(model):
+    img = smooth_image(11, 13)
+    return img, encode(img, model, FAST)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (11, 13), (1, 1), (5, 17)])
+def test_lossless_round_trip(model, shape):
+    img = smooth_image(*shape, seed=sum(shape))
+    res = encode(img, model, FAST)
+    out = list(decode_progressive(res.data, model, every_step=False))
+    assert len(out) == 1 and out[0].t == 0 and out[0].bytes_read == len(res.data)
+    np.testing.assert_array_equal(out[0].pixels, img)
+    assert res.steps[-1].bytes_if_stopped == len(res.data)
+
+
+def test_settings_variants_round_trip(model):
+    img = smooth_image(8, 16, seed=3)
+    for s in (CodecSettings(n_steps=6, t_end=4, budget_bits=4, margin_bits=3, prior="fixedlarge", seed=7),
+              CodecSettings(n_steps=3, budget_bits=10, margin_bits=0)):
+        res = encode(img, model, s)
+        np.testing.assert_array_equal(list(decode_progressive(res.data, model))[-1].pixels, img)
+
+
+def test_progressive_outputs_match_encoder_psnr(model, coded):
+    img, res = coded
+    steps = list(decode_progressive(res.data, model))
+    assert [s.t for s in steps] == [s.t for s in res.steps]
+    assert [s.bytes_read for s in steps] == [s.bytes_if_stopped for s in res.steps]
+    from ddpmcodec.images import psnr
+
+    for dec, enc in zip(steps[:-1], res.steps[:-1]):
+        assert psnr(dec.pixels, img) == pytest.approx(enc.psnr, abs=1e-6)
+    assert all(np.diff([s.bytes_read for s in steps]) >= 0)
+
+
+def test_every_prefix_decodes_to_the_full_decodes_intermediate(model, coded):
+    img, res = coded
+    full = list(decode_progressive(res.data, model))
+    for k, entry in enumerate(res.steps[:-1]):
+        out = list(decode_progressive(res.data[: entry.bytes_if_stopped], model, every_step=False))
+        assert out[-1].t == entry.t
+        np.testing.assert_array_equal(out[-1].pixels, full[k].pixels)
+    # an arbitrary cut lands on the last complete step before it
+    cut = (res.steps[3].bytes_if_stopped + res.steps[4].bytes_if_stopped) // 2
+    out = list(decode_progressive(res.data[:cut], model, every_step=False))
+    assert out[-1].t in (res.steps[3].t, res.steps[4].t) and out[-1].bytes_read <= cut
+
+
+def test_truncate_then_decode(model, coded):
+    img, res = coded
+    full = list(decode_progressive(res.data, model))
+    k = 5
+    small = truncate(res.data, model, stop_at_t=res.steps[k].t)
+    assert len(small) <= res.steps[k].bytes_if_stopped  # the header's varints may shrink
+    parsed = container.unpack(small)
+    assert parsed.complete and parsed.header.steps_present == k and not parsed.header.lossless
+    out = list(decode_progressive(small, model))
+    assert out[-1].t == res.steps[k].t
+    np.testing.assert_array_equal(out[-1].pixels, full[k].pixels)
+    by_bytes = truncate(res.data, model, stop_at_bytes=res.steps[k].bytes_if_stopped + 3)
+    assert by_bytes == small
+    _, table = step_table(small, model)
+    assert [e.t for e in table] == [s.t for s in res.steps[: k + 1]]
+
+
+def test_encoder_stop_at_matches_full_prefix(model, coded):
+    img, res = coded
+    t_stop = res.steps[4].t
+    lossy = encode(img, model, FAST, stop_at_t=t_stop)
+    out = list(decode_progressive(lossy.data, model, every_step=False))
+    full = list(decode_progressive(res.data, model, stop_at_t=t_stop, every_step=False))
+    assert out[-1].t == full[-1].t == t_stop
+    np.testing.assert_array_equal(out[-1].pixels, full[-1].pixels)
+    assert len(lossy.data) < len(res.data)
+
+
+def test_wrong_model_is_refused(tmp_path, coded):
+    other = make_tiny_model(tmp_path, resolution=8, seed=1)
+    with pytest.raises(ModelMismatchError):
+        list(decode_progressive(coded[1].data, other))
+
+
+def test_corrupt_and_wrong_version_files(model, coded):
+    data = bytearray(coded[1].data)
+    data[-3] ^= 0x10
+    with pytest.raises(FormatError, match="CRC"):
+        list(decode_progressive(bytes(data), model))
+    bad = bytearray(coded[1].data)
+    bad[3] = 99
+    with pytest.raises(FormatError, match="version"):
+        list(decode_progressive(bytes(bad), model))
+    with pytest.raises(FormatError, match="magic"):
+        list(decode_progressive(b"\x89PNG\r\n\x1a\n" + bytes(40), model))
+    with pytest.raises(FormatError, match="truncated"):
+        list(decode_progressive(coded[1].data[:12], model))
+
+
+def test_determinism_failure_is_reported(model, coded):
+    parsed = container.unpack(coded[1].data)
+    h = parsed.header
+    h.pixel_crc ^= 1  # as if this machine reproduced different pixels
+    tampered = container.pack(h, parsed.payload)
+    with pytest.raises(DeterminismError):
+        list(decode_progressive(tampered, model))
+
+
+def test_pixel_crc_is_of_the_original(coded):
+    img, res = coded
+    assert container.unpack(res.data).header.pixel_crc == zlib.crc32(img.tobytes()) & 0xFFFF
