@@ -21,7 +21,7 @@ from . import channel, container, entropy
 from .diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from .errors import DeterminismError, FormatError, InputError, ModelMismatchError
 from .images import from_tiles, psnr, to_tiles
-from .steps import Profile, equal_kl_schedule, profile_for
+from .steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
 EPS_BATCH = 64  # tiles per network call
 
@@ -74,7 +74,8 @@ class _Chain:
         if h.tile != model.unet_config.resolution:
             raise ModelMismatchError(f"file uses {h.tile}px tiles, the model works on {model.unet_config.resolution}px")
         self.h = h
-        self.steps = equal_kl_schedule(self.profile, h.n_steps, h.t_end)
+        self.steps = equal_kl_schedule(self.profile, h.n_steps, h.t_end, container.PRIOR_KINDS[h.prior_kind],
+                                       model.diffusion)
         self.mask = mask
         self.coded = torch.nonzero(mask.flatten()).squeeze(1)
         self.free = torch.nonzero(~mask.flatten()).squeeze(1)
@@ -108,7 +109,8 @@ class _Chain:
 
     def first_log_kl_prediction(self) -> int:
         t, s = self.steps[0], self.steps[1]
-        expected = float(self.profile.rate_bpd[s + 1: t + 1].sum()) * len(self.coded)
+        kind = container.PRIOR_KINDS[self.h.prior_kind]
+        expected = expected_skip_kl(self.sched, self.profile, t, s, kind) * len(self.coded)
         return entropy.quantize_log_kl(expected)
 
     def advance(self, k: int, x_t: torch.Tensor, mu_p: torch.Tensor, var_p: float, q_log_kl: int,
@@ -217,12 +219,17 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
     words = coder.get_compressed()
     h.steps_present, h.lossless, h.payload_words = len(symbols), int(lossless), len(words)
     data = container.pack(h, entropy.words_to_bytes(words))
-    header_bytes = len(data) - 4 * len(words)
     for k, st in enumerate(stats[: len(symbols) + 1]):
-        st.bytes_if_stopped = header_bytes + 4 * prefix_words(len(words), marks[k])
+        st.bytes_if_stopped = truncated_size(h, k, prefix_words(len(words), marks[k]))
     if lossless:
         stats[-1].bytes_if_stopped = len(data)
     return EncodeResult(data, h, stats, time.perf_counter() - start, chain.unet_seconds)
+
+
+def truncated_size(h: container.Header, steps_present: int, words: int) -> int:
+    """Size of the valid file holding only the first `steps_present` steps (what `truncate` writes)."""
+    cut = container.Header(**{**h.__dict__, "steps_present": steps_present, "lossless": 0, "payload_words": words})
+    return len(container.pack(cut, bytes(4 * words)))
 
 
 def prefix_words(total: int, mark: int) -> int:
@@ -274,7 +281,7 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
     x_t = chain.x_T()
     prev_q = chain.first_log_kl_prediction() if len(steps) > 1 else 0
     limit_t = -1 if stop_at_t is None else stop_at_t
-    bytes_here = parsed.header_bytes  # bytes needed to reach the current step
+    bytes_here = truncated_size(h, 0, 0)  # size of the valid file that stops at the current step
     for k in range(h.steps_present + 1):
         t = steps[k]
         eps = chain.eps(x_t, t)
@@ -287,13 +294,15 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
                 raise FormatError("corrupt payload (implausible chunk count)")
             idx = coder.decode(entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, h.budget_bits)), n)
             remaining = coder.num_words()
-            bytes_next = parsed.header_bytes + 4 * prefix_words(total, total - len(words) + remaining)
+            bytes_next = truncated_size(h, k + 1, prefix_words(total, total - len(words) + remaining))
             if not parsed.complete and remaining < 2:
                 stop = True  # a partial file: this step's data is cut off
             elif stop_at_bytes is not None and bytes_next > stop_at_bytes:
                 stop = True
         to_exact = stop and k == h.steps_present and h.lossless and parsed.complete and limit_t < t and (
             stop_at_bytes is None or stop_at_bytes >= len(data))
+        if k == h.steps_present and h.lossless and not to_exact:
+            bytes_here = truncated_size(h, k, prefix_words(total, total - len(words) + coder.num_words()))
         if every_step or (stop and not to_exact):
             yield DecodedStep(t, bytes_here, _to_uint8(x0_hat, h.height, h.width))
         if stop:

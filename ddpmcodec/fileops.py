@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import container, entropy
-from .codec import _Chain, prefix_words
+from .codec import _Chain, prefix_words, truncated_size
 from .errors import FormatError, InputError
 from .images import to_tiles
 
@@ -19,7 +19,8 @@ from .images import to_tiles
 class StepEntry:
     index: int  # coded steps decoded to reach this point (0 = x_T only)
     t: int  # timestep held after it (0: exact image)
-    bytes: int  # whole-file bytes needed to decode up to here
+    bytes: int  # size of the valid file that stops here (what `truncate` writes)
+    words: int  # payload words of that file
 
 
 def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
@@ -36,7 +37,7 @@ def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
     total = h.payload_words
     coder = entropy.new_coder(words)
     prev_q = chain.first_log_kl_prediction() if len(chain.steps) > 1 else 0
-    table = [StepEntry(0, chain.steps[0], parsed.header_bytes)]
+    table = [StepEntry(0, chain.steps[0], truncated_size(h, 0, 0), 0)]
     for k in range(h.steps_present):
         q = entropy.pop_log_kl(coder, prev_q)
         n = chain.n_chunks(q)
@@ -46,11 +47,11 @@ def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
         remaining = coder.num_words()
         if not parsed.complete and remaining < 2:
             break
-        table.append(StepEntry(k + 1, chain.steps[k + 1],
-                               parsed.header_bytes + 4 * prefix_words(total, total - len(words) + remaining)))
+        n_words = prefix_words(total, total - len(words) + remaining)
+        table.append(StepEntry(k + 1, chain.steps[k + 1], truncated_size(h, k + 1, n_words), n_words))
         prev_q = q
     if h.lossless and parsed.complete:
-        table.append(StepEntry(h.steps_present + 1, 0, len(data)))
+        table.append(StepEntry(h.steps_present + 1, 0, len(data), total))
     return parsed, table
 
 
@@ -76,9 +77,9 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
     h = parsed.header
     if entry.t == 0:
         return data
-    payload_bytes = entry.bytes - parsed.header_bytes
+    payload_bytes = 4 * entry.words
     new = container.Header(**{**h.__dict__, "steps_present": entry.index, "lossless": 0,
-                              "payload_words": payload_bytes // 4})
+                              "payload_words": entry.words})
     return container.pack(new, parsed.payload[:payload_bytes])
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from .diffusion import Schedule
+from .diffusion import DiffusionConfig, Schedule
 
 FALLBACK_DATA_VARIANCE = 0.25  # per-dimension variance of pixels in [-1, 1] assumed by the fallback profile
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Profile:
     rate_bpd: np.ndarray  # (T + 1,) float64; rate_bpd[t] = expected KL of step t -> t-1, bits/dim (0 for t < 2)
     mse_x0: np.ndarray  # (T + 1,) float64; E|clip(x^_0) - x_0|^2 per dim at t, [-1, 1] units (mse_x0[0] = 0)
@@ -61,31 +63,56 @@ def profile_for(model) -> Profile:
     return fallback_profile(Schedule(model.diffusion))
 
 
-def equal_kl_schedule(profile: Profile, n_steps: int, t_end: int) -> list[int]:
-    """Coded timesteps [T, ..., t_end], strictly decreasing, at most n_steps + 1 entries.
+def expected_skip_kl(sched: Schedule, profile: Profile, t: int, s: int, prior: str) -> float:
+    """Expected KL(q(x_s|x_t,x_0) || p(x_s|x_t)) in bits/dim when x^_0 has the profile's MSE at t."""
+    c0, _, var_q = sched.skip_posterior_coefs(t, s)
+    mse = float(profile.mse_x0[t])
+    var_p = sched.prior_variance(t, s, prior, mse_x0=mse)
+    return 0.5 * (math.log(var_p / var_q) + (var_q + c0 * c0 * mse) / var_p - 1.0) / math.log(2.0)
 
-    Boundaries sit at equal quantiles of the expected cumulative rate between t_end and T, so every coded step
-    carries about the same KL; near t_end, where single steps carry more than a quantile, steps are single.
+
+def _greedy(sched: Schedule, profile: Profile, t_end: int, prior: str, target: float) -> list[int]:
+    """From T, each step goes to the smallest s whose expected skip KL stays <= target (at least one step)."""
+    steps = [sched.T]
+    while steps[-1] > t_end:
+        t = steps[-1]
+        lo, hi = t_end, t - 1  # find the smallest s in [lo, hi] with kl(t, s) <= target; kl grows as s falls
+        if expected_skip_kl(sched, profile, t, hi, prior) > target:
+            steps.append(hi)
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if expected_skip_kl(sched, profile, t, mid, prior) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        steps.append(lo)
+    return steps
+
+
+@lru_cache(maxsize=64)
+def _schedule_cached(digest: str, profile: Profile, config, n_steps: int, t_end: int, prior: str) -> tuple[int, ...]:
+    sched = Schedule(config)
+    lo, hi = 1e-9, expected_skip_kl(sched, profile, sched.T, t_end, prior) + 1.0
+    for _ in range(60):  # bisection on the per-step KL target: the largest target giving >= n_steps steps
+        mid = math.sqrt(lo * hi)
+        if len(_greedy(sched, profile, t_end, prior, mid)) - 1 > n_steps:
+            lo = mid
+        else:
+            hi = mid
+    return tuple(_greedy(sched, profile, t_end, prior, hi))
+
+
+def equal_kl_schedule(profile: Profile, n_steps: int, t_end: int, prior: str = "calibrated",
+                      config: DiffusionConfig = DiffusionConfig()) -> list[int]:
+    """Coded timesteps [T, ..., t_end]: at most n_steps transitions of about equal expected KL.
+
+    Uses the expected KL of each *skip* under the given prior (not the sum of single-step rates, which
+    underestimates a coarse skip many times over). Near t_end single steps may exceed the target.
     """
-    T = len(profile.rate_bpd) - 1
+    T = config.T
+    if len(profile.rate_bpd) != T + 1:
+        raise ValueError("profile does not match the diffusion config")
     if not 1 <= t_end < T:
         raise ValueError(f"t_end must be in [1, {T - 1}], got {t_end}")
-    n_steps = max(1, int(n_steps))
-    rate = np.maximum(profile.rate_bpd, 1e-12)
-    # cum[t] = expected rate of going from x_T down to x_t (steps T..t+1)
-    cum = np.zeros(T + 1)
-    cum[:T] = np.cumsum(rate[::-1])[::-1][1:]  # cum[t] = sum_{u=t+1}^{T} rate[u]
-    total = cum[t_end]
-    steps = [T]
-    for k in range(1, n_steps):
-        target = total * k / n_steps
-        # smallest... the largest t with cum[t] >= target, i.e. first point reaching that share of the rate
-        candidates = np.nonzero(cum[t_end:T] >= target)[0]
-        t = int(candidates[-1]) + t_end if len(candidates) else t_end
-        t = min(t, steps[-1] - 1)
-        if t <= t_end:
-            break
-        steps.append(t)
-    if steps[-1] != t_end:
-        steps.append(t_end)
-    return steps
+    return list(_schedule_cached(profile.digest(), profile, config, max(1, int(n_steps)), int(t_end), prior))

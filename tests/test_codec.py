@@ -65,14 +65,17 @@ def test_progressive_outputs_match_encoder_psnr(model, coded):
 def test_every_prefix_decodes_to_the_full_decodes_intermediate(model, coded):
     img, res = coded
     full = list(decode_progressive(res.data, model))
-    for k, entry in enumerate(res.steps[:-1]):
-        out = list(decode_progressive(res.data[: entry.bytes_if_stopped], model, every_step=False))
-        assert out[-1].t == entry.t
+    parsed, table = step_table(res.data, model)
+    for k, entry in enumerate(table[:-1]):
+        raw_cut = parsed.header_bytes + 4 * entry.words  # a plain byte prefix of the file (e.g. a partial download)
+        out = list(decode_progressive(res.data[:raw_cut], model, every_step=False))
+        assert out[-1].t == entry.t == res.steps[k].t
         np.testing.assert_array_equal(out[-1].pixels, full[k].pixels)
+        assert entry.bytes == res.steps[k].bytes_if_stopped
     # an arbitrary cut lands on the last complete step before it
-    cut = (res.steps[3].bytes_if_stopped + res.steps[4].bytes_if_stopped) // 2
+    cut = parsed.header_bytes + 2 * (table[3].words + table[4].words)
     out = list(decode_progressive(res.data[:cut], model, every_step=False))
-    assert out[-1].t in (res.steps[3].t, res.steps[4].t) and out[-1].bytes_read <= cut
+    assert out[-1].t in (res.steps[3].t, res.steps[4].t)
 
 
 def test_truncate_then_decode(model, coded):
@@ -80,7 +83,7 @@ def test_truncate_then_decode(model, coded):
     full = list(decode_progressive(res.data, model))
     k = 5
     small = truncate(res.data, model, stop_at_t=res.steps[k].t)
-    assert len(small) <= res.steps[k].bytes_if_stopped  # the header's varints may shrink
+    assert len(small) == res.steps[k].bytes_if_stopped
     parsed = container.unpack(small)
     assert parsed.complete and parsed.header.steps_present == k and not parsed.header.lossless
     out = list(decode_progressive(small, model))
@@ -136,3 +139,28 @@ def test_determinism_failure_is_reported(model, coded):
 def test_pixel_crc_is_of_the_original(coded):
     img, res = coded
     assert container.unpack(res.data).header.pixel_crc == zlib.crc32(img.tobytes()) & 0xFFFF
+
+
+def test_float_drift_is_graceful_for_lossy_and_loud_for_lossless(model, coded, monkeypatch):
+    """A decoder whose network differs in the last digits still rebuilds nearly the same x_t (PFR indices do not
+    depend on network outputs); the exact x_0 layer either reproduces the pixels or fails the check."""
+    from ddpmcodec.images import psnr
+
+    img, res = coded
+    clean = list(decode_progressive(res.data, model, stop_at_t=res.steps[-3].t, every_step=False))[-1]
+    original_eps = type(model).eps
+    g = __import__("torch").Generator().manual_seed(0)
+
+    def drifting_eps(self, x, t):
+        out = original_eps(self, x, t)
+        return out + 1e-4 * __import__("torch").randn(out.shape, generator=g)
+
+    monkeypatch.setattr(type(model), "eps", drifting_eps)
+    drifted = list(decode_progressive(res.data, model, stop_at_t=res.steps[-3].t, every_step=False))[-1]
+    assert drifted.t == clean.t
+    assert psnr(drifted.pixels, clean.pixels) > 35
+    try:
+        out = list(decode_progressive(res.data, model, every_step=False))[-1]
+        np.testing.assert_array_equal(out.pixels, img)  # survived the drift exactly
+    except DeterminismError:
+        pass

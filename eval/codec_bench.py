@@ -1,0 +1,129 @@
+"""Benchmark the progressive codec on the dev test set: coded vs ideal rate at every stop point, PSNR at a target
+bpp, lossless bits/dim, encode/decode time and the share of time outside the U-Net.
+
+    python -m eval.codec_bench --limit 500 --out eval/out/codec            # the README numbers
+    python -m eval.codec_bench --limit 8 --steps 50 --budget 6              # a quick variant
+
+Ideal and coded come from the same encoder run: 'ideal' is the exact KL of every coded step along the chain the
+encoder actually sampled (plus the x_0 layer's code length), 'coded' is the real file size including the header.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ddpmcodec.codec import CodecSettings, decode_progressive, encode
+from ddpmcodec.data import load_dev_set, load_images
+from ddpmcodec.model_io import load_model
+
+
+def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: float = 0.36, decode_every: int = 1,
+          progress: bool = True) -> dict:
+    n, h, w, _ = images.shape
+    dims = h * w * 3
+    per_image, rows = [], None
+    for i in tqdm(range(n), disable=not progress, desc="codec", unit="img"):
+        res = encode(images[i], model, settings)
+        ideal_cum = np.cumsum([s.ideal_bits for s in res.steps])
+        coded = np.array([8 * s.bytes_if_stopped for s in res.steps], dtype=np.float64)
+        psnrs = np.array([s.psnr for s in res.steps])
+        dec_s = float("nan")
+        if decode_every and i % decode_every == 0:
+            start = time.perf_counter()
+            out = list(decode_progressive(res.data, model, every_step=False))
+            dec_s = time.perf_counter() - start
+            if not np.array_equal(out[-1].pixels, images[i]):
+                raise RuntimeError(f"image {i}: lossless round trip failed")
+        bpp = coded / (h * w)
+        fit = np.nonzero(bpp <= target_bpp)[0]
+        k = int(fit[-1]) if len(fit) else 0
+        per_image.append({"bytes": len(res.data), "ideal_bits": float(ideal_cum[-1]), "encode_s": res.seconds,
+                          "unet_s": res.unet_seconds, "decode_s": dec_s, "bpp_at_target": float(bpp[k]),
+                          "psnr_at_target": float(psnrs[k]), "t_at_target": res.steps[k].t})
+        if rows is None:
+            rows = {"t": [s.t for s in res.steps], "ideal": [], "coded": [], "psnr": []}
+        rows["ideal"].append(ideal_cum)
+        rows["coded"].append(coded)
+        rows["psnr"].append(np.where(np.isinf(psnrs), np.nan, psnrs))
+    ideal, coded, psnr = (np.mean(rows[k], axis=0) for k in ("ideal", "coded", "psnr"))
+    steps = [{"t": t, "ideal_bpd": ideal[j] / dims, "coded_bpd": coded[j] / dims,
+              "coded_over_ideal": coded[j] / ideal[j] if ideal[j] > 0 else None,
+              "payload_over_ideal": (coded[j] - coded[0]) / ideal[j] if ideal[j] > 0 else None,
+              "psnr_db": None if not np.isfinite(psnr[j]) else float(psnr[j])} for j, t in enumerate(rows["t"])]
+    col = lambda k: np.array([p[k] for p in per_image], dtype=np.float64)  # noqa: E731
+    enc, unet, dec = col("encode_s"), col("unet_s"), col("decode_s")
+    lossless_bpd = col("bytes") * 8 / dims
+    return {
+        "n_images": n, "image_size": [h, w], "settings": settings.__dict__,
+        "lossless_bpd": float(lossless_bpd.mean()), "lossless_bpd_stderr": float(lossless_bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+        "ideal_total_bpd": float(col("ideal_bits").mean() / dims),
+        "coded_over_ideal_lossless": float(col("bytes").sum() * 8 / col("ideal_bits").sum()),
+        "header_bytes": int(round(coded[0] / 8)),
+        "target_bpp": target_bpp, "bpp_at_target": float(col("bpp_at_target").mean()),
+        "psnr_at_target_db": float(col("psnr_at_target").mean()),
+        "encode_s_per_image": float(enc.mean()), "unet_share_encode": float(unet.sum() / enc.sum()),
+        "decode_s_per_image": float(np.nanmean(dec)) if np.isfinite(dec).any() else None,
+        "threads": torch.get_num_threads(), "steps": steps, "per_image": per_image,
+    }
+
+
+def format_table(r: dict) -> str:
+    lines = [f"{r['n_images']} images, settings {r['settings']}",
+             f"lossless: {r['lossless_bpd']:.3f} bits/dim (ideal {r['ideal_total_bpd']:.3f}; coded/ideal "
+             f"{r['coded_over_ideal_lossless']:.3f}); at <= {r['target_bpp']} bpp: {r['bpp_at_target']:.3f} bpp, "
+             f"PSNR {r['psnr_at_target_db']:.2f} dB",
+             f"encode {r['encode_s_per_image']:.2f} s/image (U-Net share {100 * r['unet_share_encode']:.0f}%), "
+             f"decode {r['decode_s_per_image'] or float('nan'):.2f} s/image, {r['threads']} threads",
+             "", "| t | ideal bits/dim | coded bits/dim | coded/ideal | PSNR dB |", "|---|---|---|---|---|"]
+    for s in r["steps"]:
+        ratio = "" if s["coded_over_ideal"] is None else f"{s['coded_over_ideal']:.3f}"
+        ps = "" if s["psnr_db"] is None else f"{s['psnr_db']:.2f}"
+        lines.append(f"| {s['t']} | {s['ideal_bpd']:.4f} | {s['coded_bpd']:.4f} | {ratio} | {ps} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--images", default=None, help="npz/folder [dev test set]")
+    ap.add_argument("--limit", type=int, default=16)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=CodecSettings.n_steps)
+    ap.add_argument("--t-end", type=int, default=CodecSettings.t_end)
+    ap.add_argument("--budget", type=int, default=CodecSettings.budget_bits)
+    ap.add_argument("--margin", type=int, default=CodecSettings.margin_bits)
+    ap.add_argument("--prior", default=CodecSettings.prior)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-bpp", type=float, default=0.36)
+    ap.add_argument("--decode-every", type=int, default=1, help="time/verify decoding of every k-th image (0: off)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="eval/out/codec")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = load_images(args.images) if args.images else load_dev_set()
+    images = images[args.offset: args.offset + args.limit]
+    model = load_model(args.model, device=args.device)
+    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end, budget_bits=args.budget,
+                             margin_bits=args.margin, prior=args.prior, seed=args.seed)
+    r = bench(model, images, settings, target_bpp=args.target_bpp, decode_every=args.decode_every)
+    r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(argv or [])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"s{args.steps}_e{args.t_end}_b{args.budget}_m{args.margin}_{args.prior}_n{len(images)}"
+    (out / f"codec_{tag}.json").write_text(json.dumps(r, indent=1))
+    (out / f"codec_{tag}.md").write_text(format_table(r) + "\n")
+    print(format_table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
