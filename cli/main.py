@@ -29,9 +29,9 @@ def main():
 
 
 def _register() -> None:
-    from cli import commands_model  # noqa: F401  (train, bound)
+    from cli import commands_bitsback, commands_codec, commands_model
 
-    for module in (commands_model,):
+    for module in (commands_codec, commands_model, commands_bitsback):
         for cmd in getattr(module, "COMMANDS", []):
             main.add_command(cmd)
 

@@ -173,7 +173,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, header
+            # clone: own (aligned) memory, so rewriting the file later cannot change a loaded model
+            return {k: f.get_tensor(k).clone() for k in f.keys()}, header
     except Exception as e:  # safetensors raises several unrelated types for corrupt files
         raise InputError(f"cannot read {path.name}: not a valid safetensors file ({_one_line(e)})") from None
 

@@ -335,3 +335,21 @@ def test_bootstrap_model_loads_strictly_and_matches_bundled(bootstrap_model_path
     assert load_model(bootstrap_model_path.parent).identity == model.identity  # the folder works too
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(model.eps(x, 3)).all()
+
+
+def test_loaded_weights_do_not_follow_the_file(tmp_path):
+    """A model stays intact when its weights file is rewritten in place afterwards (no memory-mapped tensors)."""
+    import numpy as np
+    import torch
+
+    from ddpmcodec.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path, resolution=8, seed=0)
+    path = tmp_path / "tiny-r8-s0.safetensors"
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = model.eps(x, 10).clone()
+    data = bytearray(path.read_bytes())
+    with open(path, "r+b") as fh:  # overwrite the tensor bytes in place, keeping the header
+        fh.seek(len(data) - 4096)
+        fh.write(np.full(1024, np.nan, np.float32).tobytes())
+    torch.testing.assert_close(model.eps(x, 10), before, rtol=0, atol=0)
