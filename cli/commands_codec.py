@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli.common import load, model_options, parse_stop, read_input, show_progress, write_atomic
+from ddpmcodec.container import DEFAULTS
 from ddpmcodec.errors import InputError
 
 
@@ -22,16 +23,18 @@ def _bar(total: int, desc: str, enabled: bool):
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output if it exists.")
 @model_options
 @click.option("--mode", type=click.Choice(["progressive", "bitsback"]), default="progressive", show_default=True)
-@click.option("--steps", "n_steps", type=click.IntRange(1, 1000), default=100, show_default=True,
+@click.option("--steps", "n_steps", type=click.IntRange(1, 1000), default=DEFAULTS["n_steps"], show_default=True,
               help="Coded steps between T and --t-end (equal expected KL each).")
-@click.option("--t-end", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--t-end", type=click.IntRange(min=1), default=DEFAULTS["t_end"], show_default=True,
               help="Last channel-simulated step; x_0 is then coded exactly from x_{t_end}.")
-@click.option("--budget", "budget_bits", type=click.IntRange(1, 16), default=8, show_default=True,
+@click.option("--budget", "budget_bits", type=click.IntRange(1, 15), default=DEFAULTS["budget_bits"], show_default=True,
               help="Target KL per PFR chunk, bits.")
-@click.option("--margin", "margin_bits", type=click.IntRange(0, 12), default=4, show_default=True,
+@click.option("--margin", "margin_bits", type=click.IntRange(0, 12), default=DEFAULTS["margin_bits"],
+              show_default=True,
               help="Extra candidate bits per chunk (2^(budget+margin) candidates).")
 @click.option("--prior", type=click.Choice(["calibrated", "fixedlarge"]), default="calibrated", show_default=True)
-@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=DEFAULTS["seed"], show_default=True,
+              help="Seed of the shared randomness (candidates, x_T).")
 @click.option("--stop-at", "stop_at", help="End the file early: t=N (lossy) or lossless [lossless].")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), help="Largest prefix within this bpp.")
 @click.option("--target-psnr", type=float, help="Stop at the first step whose reconstruction reaches this PSNR.")

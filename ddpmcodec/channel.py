@@ -12,11 +12,9 @@ sender and receiver changes x slightly (graceful), never the parse of the stream
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .errors import DeterminismError
@@ -43,17 +41,18 @@ def _gen(seed: int) -> torch.Generator:
 
 
 # The candidate generator is part of the file format: a torch release that changed its CPU normal sampler would
-# silently decode garbage, so the first use checks a known answer and fails loudly instead.
-_KNOWN_ANSWER = "unset"
+# silently decode garbage, so every encode/decode first checks known answers (tolerant to last-ulp differences).
+_KNOWN_POSITIONS = (0, 1, 2, 3, 500, 1087)
+_KNOWN_VALUES = (-0.163784, -0.226309, -0.795434, -2.067277, -1.022233, 0.217415)
 
 
 def check_candidate_generator() -> None:
-    z = torch.randn(BLOCK, 17, generator=_gen(mix_seed(1, 2, 3)))
-    digest = hashlib.sha256(np.round(z.numpy().astype(np.float64), 5).tobytes()).hexdigest()[:16]
-    if _KNOWN_ANSWER != "unset" and digest != _KNOWN_ANSWER:
+    z = torch.randn(BLOCK, 17, generator=_gen(mix_seed(1, 2, 3))).flatten()
+    got = z[list(_KNOWN_POSITIONS)].double()
+    if not torch.allclose(got, torch.tensor(_KNOWN_VALUES, dtype=torch.float64), rtol=0, atol=1e-4):
         raise DeterminismError(
             f"this torch build ({torch.__version__}) generates different candidate noise than the codec expects; "
-            "files from it cannot be decoded reliably (use torch==2.13.0)")
+            "files cannot be coded reliably with it (use torch==2.13.0)")
 
 
 @dataclass(frozen=True)

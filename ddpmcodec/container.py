@@ -24,7 +24,7 @@ MODE_PROGRESSIVE = 0
 MODE_BITSBACK = 1
 PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
-DEFAULTS = {"n_steps": 100, "t_end": 1, "budget_bits": 8, "margin_bits": 4, "seed": 0}
+DEFAULTS = {"n_steps": 50, "t_end": 4, "budget_bits": 12, "margin_bits": 0, "seed": 0}
 _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM = 0x04, 0x08, 0x10, 0x20
 
 
