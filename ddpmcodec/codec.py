@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import channel, container, entropy
+from . import channel, container, entropy, pixelmodel
 from .diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from .errors import DeterminismError, FormatError, InputError, ModelMismatchError
 from .images import from_tiles, psnr, to_tiles
@@ -125,8 +125,9 @@ class _Chain:
         return mu_p + math.sqrt(var_p) * z.view(self.mask.shape)
 
     def pixel_rows(self, x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """x^_0 as pixel-model mean rows (H, W, 3) int64 (grid 1/8 grey level)."""
         means = (from_tiles(x0_hat, height, width).double() + 1.0) * 127.5
-        return entropy.quantize_pixel_means(means.numpy().ravel())
+        return entropy.quantize_pixel_means(means.numpy())
 
 
 def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> container.Header:
@@ -204,10 +205,9 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         x0_hat = chain.x0_hat(x_t, steps[-1], eps)
         stats[-1].psnr = psnr(_to_uint8(x0_hat, height, width), pixels)
         rows = chain.pixel_rows(x0_hat, height, width)
-        h.sigma_index = _best_sigma_index(pixels.ravel(), rows)
-        entropy.push_pixels(coder, pixels.ravel(), rows, h.sigma_index)
-        stats.append(StepStat(t=0, ideal_bits=entropy.pixel_code_length_bits(pixels.ravel(), rows, h.sigma_index),
-                              psnr=float("inf")))
+        params = pixelmodel.fit(pixels, rows)
+        pixelmodel.push(coder, pixels, rows, params)
+        stats.append(StepStat(t=0, ideal_bits=pixelmodel.code_length_bits(pixels, rows, params), psnr=float("inf")))
     marks = [coder.num_words()]
     for k in reversed(range(len(symbols))):
         q, idx, pred = symbols[k]
@@ -237,13 +237,6 @@ def prefix_words(total: int, mark: int) -> int:
     if mark >= total:
         return 0
     return total if mark == 0 else min(total, total - mark + 2)
-
-
-def _best_sigma_index(pixels: np.ndarray, rows: np.ndarray) -> int:
-    resid = pixels.astype(np.float64) - rows / entropy.PIXEL_MEAN_GRID + 0.5
-    guess = int(round(8 * math.log2(max(np.sqrt(np.mean(resid ** 2)), 0.25) / 0.25)))
-    cands = range(max(0, guess - 6), min(entropy.SIGMA_TABLE_SIZE, guess + 7))
-    return min(cands, key=lambda i: entropy.pixel_code_length_bits(pixels, rows, i))
 
 
 def _to_uint8(x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -312,8 +305,7 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
         x_t = chain.advance(k, x_t, mu_p, var_p, q, torch.from_numpy(idx.astype(np.int64)))
     if not to_exact:
         return
-    rows = chain.pixel_rows(x0_hat, h.height, h.width)
-    pixels = entropy.pop_pixels(coder, rows, h.sigma_index).reshape(h.height, h.width, 3)
+    pixels = pixelmodel.pop(coder, chain.pixel_rows(x0_hat, h.height, h.width))
     if pixel_check(pixels) != h.pixel_crc:
         raise DeterminismError("decoded pixels fail the checksum: this machine did not reproduce the encoder's "
                                "network outputs (different model build, torch version or device numerics)")

@@ -71,7 +71,7 @@ class Header:
     margin_bits: int
     prior_kind: int  # index into PRIOR_KINDS
     seed: int
-    sigma_index: int  # pixel-model scale for the x_0 layer (stored only when lossless)
+    sigma_index: int  # unused by the progressive codec (its pixel model travels on the stack); not stored
     pixel_crc: int  # low 16 bits of the CRC-32 of the original pixels (stored only when lossless)
     payload_words: int  # number of 32-bit words in the complete payload
 
@@ -93,7 +93,7 @@ class Header:
             for v in (self.n_steps, self.t_end, self.budget_bits << 4 | self.margin_bits, self.seed):
                 write_varint(out, v)
         if self.lossless:
-            out.write(bytes([self.sigma_index]) + (self.pixel_crc & 0xFFFF).to_bytes(2, "little"))
+            out.write((self.pixel_crc & 0xFFFF).to_bytes(2, "little"))
         return out.getvalue()
 
     @classmethod
@@ -111,10 +111,10 @@ class Header:
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)
         sigma, crc = 0, 0
         if flags & _F_LOSSLESS:
-            extra = buf.read(3)
-            if len(extra) != 3:
+            extra = buf.read(2)
+            if len(extra) != 2:
                 raise FormatError("truncated header")
-            sigma, crc = extra[0], int.from_bytes(extra[1:], "little")
+            crc = int.from_bytes(extra, "little")
         return cls(mode=flags & 3, model_id=head[:MODEL_ID_BYTES], width=w + 1, height=h + 1,
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),

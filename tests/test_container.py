@@ -24,13 +24,13 @@ def test_default_header_is_compact():
 
 @given(w=st.integers(1, 5000), h=st.integers(1, 5000), present=st.integers(0, 300), lossless=st.booleans(),
        gray=st.booleans(), n_steps=st.integers(1, 1000), t_end=st.integers(1, 999), budget=st.integers(1, 15),
-       margin=st.integers(0, 12), seed=st.integers(0, 2 ** 32 - 1), sigma=st.integers(0, 63),
+       margin=st.integers(0, 12), seed=st.integers(0, 2 ** 32 - 1),
        crc=st.integers(0, 0xFFFF), words=st.integers(0, 40))
 @settings(max_examples=150, deadline=None)
-def test_header_round_trip(w, h, present, lossless, gray, n_steps, t_end, budget, margin, seed, sigma, crc, words):
+def test_header_round_trip(w, h, present, lossless, gray, n_steps, t_end, budget, margin, seed, crc, words):
     hd = header(width=w, height=h, steps_present=present, lossless=int(lossless), source_mode=int(gray),
                 n_steps=n_steps, t_end=t_end, budget_bits=budget, margin_bits=margin, seed=seed,
-                sigma_index=sigma if lossless else 0, pixel_crc=crc if lossless else 0, payload_words=words)
+                sigma_index=0, pixel_crc=crc if lossless else 0, payload_words=words)
     payload = bytes(range(256))[: 4 * words] if words <= 64 else bytes(4 * words)
     parsed = container.unpack(container.pack(hd, payload))
     assert parsed.header == hd and parsed.complete and parsed.payload == payload
@@ -56,7 +56,7 @@ def test_random_bytes_never_crash(blob):
 @given(st.integers(0, 40), st.integers(0, 255))
 @settings(max_examples=300, derandomize=True)  # a 16-bit check misses 1 in 65536 mutations
 def test_mutated_files_raise_format_errors_only(pos, value):
-    data = bytearray(container.pack(header(lossless=1, sigma_index=9, pixel_crc=77), bytes(range(12))))
+    data = bytearray(container.pack(header(lossless=1, pixel_crc=77), bytes(range(12))))
     pos %= len(data)
     if data[pos] == value:
         return
