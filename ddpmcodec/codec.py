@@ -244,6 +244,46 @@ def _to_uint8(x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
     return torch.round((img.clamp(-1, 1) + 1.0) * 127.5).to(torch.uint8).numpy()
 
 
+class StreamReader:
+    """A progressive file opened for reading: header, chain, and the per-step symbols popped off its stack.
+
+    Popping needs no network evaluation (indices use fixed laws), so step tables and truncation are cheap.
+    """
+
+    def __init__(self, data: bytes, model):
+        channel.check_candidate_generator()
+        self.parsed = container.unpack(data)
+        h = self.parsed.header
+        if h.mode != container.MODE_PROGRESSIVE:
+            raise FormatError("this file was written in bits-back mode; decode it with the bits-back decoder")
+        _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
+        self.chain = _Chain(model, h, mask)
+        last = len(self.chain.steps) - 1
+        if h.steps_present > last or (h.lossless and h.steps_present != last):
+            raise FormatError("corrupt header (step count does not match the schedule)")
+        self.words = entropy.bytes_to_words(self.parsed.payload)
+        self.coder = entropy.new_coder(self.words)
+        self.prev_q = self.chain.first_log_kl_prediction() if last > 0 else 0
+
+    def words_needed(self) -> int:
+        """Payload words a valid file needs to hold everything popped so far."""
+        total = self.parsed.header.payload_words
+        return prefix_words(total, total - len(self.words) + self.coder.num_words())
+
+    def pop_step(self) -> tuple[int, np.ndarray, bool, int]:
+        """The next coded step's (quantized log-KL, chunk indices, data complete?, words needed so far)."""
+        chain = self.chain
+        q = entropy.pop_log_kl(self.coder, self.prev_q)
+        n = chain.n_chunks(q)
+        if n > 4 * len(chain.coded):
+            raise FormatError("corrupt payload (implausible chunk count)")
+        law = entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, self.parsed.header.budget_bits))
+        idx = self.coder.decode(law, n)
+        self.prev_q = q
+        complete = self.parsed.complete or self.coder.num_words() >= 2
+        return q, idx, complete, self.words_needed()
+
+
 @dataclass
 class DecodedStep:
     t: int  # 0 for the exact (lossless) image
@@ -258,21 +298,10 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
     Stops at the first coded t <= stop_at_t, at the last step whose prefix fits in stop_at_bytes, or at the end of
     what the file holds; a complete lossless file ends with the exact image (t = 0).
     """
-    channel.check_candidate_generator()
-    parsed = container.unpack(data)
-    h = parsed.header
-    if h.mode != container.MODE_PROGRESSIVE:
-        raise FormatError("this file was written in bits-back mode; decode it with the bits-back decoder")
-    _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
-    chain = _Chain(model, h, mask)
+    reader = StreamReader(data, model)
+    parsed, h, chain, coder = reader.parsed, reader.parsed.header, reader.chain, reader.coder
     steps = chain.steps
-    if h.steps_present > len(steps) - 1 or (h.lossless and h.steps_present != len(steps) - 1):
-        raise FormatError("corrupt header (step count does not match the schedule)")
-    words = entropy.bytes_to_words(parsed.payload)
-    total = h.payload_words
-    coder = entropy.new_coder(words)
     x_t = chain.x_T()
-    prev_q = chain.first_log_kl_prediction() if len(steps) > 1 else 0
     limit_t = -1 if stop_at_t is None else stop_at_t
     bytes_here = truncated_size(h, 0, 0)  # size of the valid file that stops at the current step
     for k in range(h.steps_present + 1):
@@ -281,26 +310,21 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
         x0_hat = chain.x0_hat(x_t, t, eps)
         stop = k == h.steps_present or t <= limit_t
         if not stop:
-            q = entropy.pop_log_kl(coder, prev_q)
-            n = chain.n_chunks(q)
-            if n > 4 * len(chain.coded):
-                raise FormatError("corrupt payload (implausible chunk count)")
-            idx = coder.decode(entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, h.budget_bits)), n)
-            remaining = coder.num_words()
-            bytes_next = truncated_size(h, k + 1, prefix_words(total, total - len(words) + remaining))
-            if not parsed.complete and remaining < 2:
+            q, idx, complete, n_words = reader.pop_step()
+            bytes_next = truncated_size(h, k + 1, n_words)
+            if not complete:
                 stop = True  # a partial file: this step's data is cut off
             elif stop_at_bytes is not None and bytes_next > stop_at_bytes:
                 stop = True
         to_exact = stop and k == h.steps_present and h.lossless and parsed.complete and limit_t < t and (
             stop_at_bytes is None or stop_at_bytes >= len(data))
         if k == h.steps_present and h.lossless and not to_exact:
-            bytes_here = truncated_size(h, k, prefix_words(total, total - len(words) + coder.num_words()))
+            bytes_here = truncated_size(h, k, reader.words_needed())
         if every_step or (stop and not to_exact):
             yield DecodedStep(t, bytes_here, _to_uint8(x0_hat, h.height, h.width))
         if stop:
             break
-        prev_q, bytes_here = q, bytes_next
+        bytes_here = bytes_next
         mu_p, var_p = chain.prior(x_t, t, steps[k + 1], x0_hat)
         x_t = chain.advance(k, x_t, mu_p, var_p, q, torch.from_numpy(idx.astype(np.int64)))
     if not to_exact:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
-from . import container, entropy
-from .codec import _Chain, prefix_words, truncated_size
-from .errors import FormatError, InputError
-from .images import to_tiles
+from . import container
+from .codec import StreamReader, truncated_size
+from .errors import InputError
 
 
 @dataclass
@@ -25,33 +23,16 @@ class StepEntry:
 
 def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
     """Every stop point the file offers, with the bytes it needs. Entries past a cut-off prefix are omitted."""
-    parsed = container.unpack(data)
-    h = parsed.header
-    if h.mode != container.MODE_PROGRESSIVE:
-        raise FormatError("step tables exist only for progressive files")
-    _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
-    chain = _Chain(model, h, mask)
-    if h.steps_present > len(chain.steps) - 1:
-        raise FormatError("corrupt header (more steps than the schedule has)")
-    words = entropy.bytes_to_words(parsed.payload)
-    total = h.payload_words
-    coder = entropy.new_coder(words)
-    prev_q = chain.first_log_kl_prediction() if len(chain.steps) > 1 else 0
-    table = [StepEntry(0, chain.steps[0], truncated_size(h, 0, 0), 0)]
+    reader = StreamReader(data, model)
+    parsed, h, steps = reader.parsed, reader.parsed.header, reader.chain.steps
+    table = [StepEntry(0, steps[0], truncated_size(h, 0, 0), 0)]
     for k in range(h.steps_present):
-        q = entropy.pop_log_kl(coder, prev_q)
-        n = chain.n_chunks(q)
-        if n > 4 * len(chain.coded):
-            raise FormatError("corrupt payload (implausible chunk count)")
-        coder.decode(entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, h.budget_bits)), n)
-        remaining = coder.num_words()
-        if not parsed.complete and remaining < 2:
+        _, _, complete, n_words = reader.pop_step()
+        if not complete:
             break
-        n_words = prefix_words(total, total - len(words) + remaining)
-        table.append(StepEntry(k + 1, chain.steps[k + 1], truncated_size(h, k + 1, n_words), n_words))
-        prev_q = q
+        table.append(StepEntry(k + 1, steps[k + 1], truncated_size(h, k + 1, n_words), n_words))
     if h.lossless and parsed.complete:
-        table.append(StepEntry(h.steps_present + 1, 0, len(data), total))
+        table.append(StepEntry(h.steps_present + 1, 0, len(data), h.payload_words))
     return parsed, table
 
 
