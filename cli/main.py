@@ -29,9 +29,9 @@ def main():
 
 
 def _register() -> None:
-    from cli import commands_bitsback, commands_codec, commands_model
+    from cli import commands_bitsback, commands_codec, commands_model, commands_report
 
-    for module in (commands_codec, commands_model, commands_bitsback):
+    for module in (commands_codec, commands_model, commands_bitsback, commands_report):
         for cmd in getattr(module, "COMMANDS", []):
             main.add_command(cmd)
 

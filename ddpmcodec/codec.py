@@ -12,7 +12,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -284,10 +284,11 @@ class StreamReader:
         return q, idx, complete, self.words_needed()
 
 
-@dataclass
-class DecodedStep:
+class DecodedStep(NamedTuple):
+    """One stop point of Algorithm 4; unpacks as (t, bytes_read, pixels)."""
+
     t: int  # 0 for the exact (lossless) image
-    bytes_read: int  # file bytes needed to reach this point
+    bytes_read: int  # size of the valid file that stops here (what `truncate` writes; the whole file at t = 0)
     pixels: np.ndarray  # (H, W, 3) uint8: x^_0 (eq. 15) at t, or the exact image at t = 0
 
 

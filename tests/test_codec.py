@@ -164,3 +164,10 @@ def test_float_drift_is_graceful_for_lossy_and_loud_for_lossless(model, coded, m
         np.testing.assert_array_equal(out.pixels, img)  # survived the drift exactly
     except DeterminismError:
         pass
+
+
+def test_decode_progressive_yields_t_bytes_pixels_tuples(model, coded):
+    img, res = coded
+    for t, bytes_read, pixels in decode_progressive(res.data, model, stop_at_t=res.steps[2].t):
+        assert pixels.shape == img.shape and pixels.dtype == np.uint8 and bytes_read <= len(res.data)
+    assert t == res.steps[2].t
