@@ -74,6 +74,41 @@ def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: flo
     }
 
 
+def merge(results: list[dict]) -> dict:
+    """Combine runs over disjoint image ranges (same settings) into one result, weighting means by image count."""
+    if len({json.dumps(r["settings"], sort_keys=True) for r in results}) != 1:
+        raise ValueError("runs have different settings")
+    if len({tuple(s["t"] for s in r["steps"]) for r in results}) != 1:
+        raise ValueError("runs have different schedules")
+    n = np.array([r["n_images"] for r in results], dtype=np.float64)
+    w = n / n.sum()
+    out = dict(results[0])
+    per = [p for r in results for p in r["per_image"]]
+    out["per_image"], out["n_images"] = per, len(per)
+    dims = results[0]["image_size"][0] * results[0]["image_size"][1] * 3
+    col = lambda k: np.array([p[k] for p in per], dtype=np.float64)  # noqa: E731
+    lossless = col("bytes") * 8 / dims
+    out.update(lossless_bpd=float(lossless.mean()), lossless_bpd_stderr=float(lossless.std(ddof=1) / math.sqrt(len(per))),
+               ideal_total_bpd=float(col("ideal_bits").mean() / dims),
+               coded_over_ideal_lossless=float(col("bytes").sum() * 8 / col("ideal_bits").sum()),
+               bpp_at_target=float(col("bpp_at_target").mean()), psnr_at_target_db=float(col("psnr_at_target").mean()),
+               encode_s_per_image=float(col("encode_s").mean()),
+               unet_share_encode=float(col("unet_s").sum() / col("encode_s").sum()),
+               decode_s_per_image=float(np.nanmean(col("decode_s"))))
+    steps = []
+    for j, s0 in enumerate(results[0]["steps"]):
+        m = {k: float(sum(wi * r["steps"][j][k] for wi, r in zip(w, results))) for k in ("ideal_bpd", "coded_bpd")}
+        ps = [r["steps"][j]["psnr_db"] for r in results]
+        m["psnr_db"] = None if any(p is None for p in ps) else float(sum(wi * p for wi, p in zip(w, ps)))
+        m["coded_over_ideal"] = m["coded_bpd"] / m["ideal_bpd"] if m["ideal_bpd"] > 0 else None
+        head = results[0]["header_bytes"] * 8 / dims
+        m["payload_over_ideal"] = (m["coded_bpd"] - head) / m["ideal_bpd"] if m["ideal_bpd"] > 0 else None
+        steps.append({"t": s0["t"], **m})
+    out["steps"] = steps
+    out["command"] = "; ".join(r.get("command", "") for r in results)
+    return out
+
+
 def format_table(r: dict) -> str:
     lines = [f"{r['n_images']} images, settings {r['settings']}",
              f"lossless: {r['lossless_bpd']:.3f} bits/dim (ideal {r['ideal_total_bpd']:.3f}; coded/ideal "
@@ -106,7 +141,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="eval/out/codec")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine finished runs (disjoint images) and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        r = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"codec_merged_n{r['n_images']}.json").write_text(json.dumps(r, indent=1))
+        (out / f"codec_merged_n{r['n_images']}.md").write_text(format_table(r) + "\n")
+        print(format_table(r))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     images = load_images(args.images) if args.images else load_dev_set()
@@ -118,7 +162,7 @@ def main(argv=None) -> int:
     r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(argv or [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"s{args.steps}_e{args.t_end}_b{args.budget}_m{args.margin}_{args.prior}_n{len(images)}"
+    tag = f"s{args.steps}_e{args.t_end}_b{args.budget}_m{args.margin}_{args.prior}_o{args.offset}_n{len(images)}"
     (out / f"codec_{tag}.json").write_text(json.dumps(r, indent=1))
     (out / f"codec_{tag}.md").write_text(format_table(r) + "\n")
     print(format_table(r))
