@@ -1,14 +1,13 @@
 """Helpers shared by the CLI commands: model options, devices, safe output, progress bars."""
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from ddpmcodec.errors import InputError
+from ddpmcodec.files import atomic_write
 
 
 def resolve_device(device: str) -> str:
@@ -53,16 +52,9 @@ def check_writable(path: Path, force: bool) -> None:
 
 
 def write_atomic(path: Path, data: bytes, force: bool) -> None:
-    """Write via a temporary file + rename, so a failure never leaves a partial or clobbered output."""
+    """Refuse to clobber without force, then write atomically (no partial or clobbered output on failure)."""
     check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def read_input(path: str) -> bytes:

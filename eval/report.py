@@ -1,0 +1,257 @@
+"""Regenerate the codec report: ideal vs coded progressive curves, classic codecs, lossless points, the 1.78/1.97 split.
+
+    python -m eval.report                          # bundled model, dev images (defaults sized for a 2-core CPU)
+    python -m eval.report --limit 8 --bound-limit 2 --out /tmp/report     # quick look
+    python -m eval.report --limit 500 --bound-limit 500 --device cuda     # the full report (GPU)
+
+Writes into --out (default docs/report): README.md, fig5.png, rd.png, strip.png, results/*.json (CompressAI style),
+lossless.json, summary.json. Expensive parts (bound, codec runs, classic sweeps, strip) are cached as JSON/npz under
+--cache (default eval/out/cache), keyed by model identity, settings and the exact pixels, so a re-run only redraws.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ddpmcodec.codec import CodecSettings
+from ddpmcodec.errors import CodecError, InputError
+from eval import report_classic as classic
+from eval import report_model as rm
+from eval import report_plots as plots
+from eval import report_write as rw
+from eval.report_cache import Cache, image_digest
+
+BITSBACK_JSON = "eval/out/bitsback/bitsback_bench.json"
+BITSBACK_COMMAND = "python -m eval.bitsback_bench"
+
+
+def build_parser(prog: str = "python -m eval.report") -> argparse.ArgumentParser:
+    d = CodecSettings()
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default", help="weights spec for load_model (default: bundled model)")
+    ap.add_argument("--images", default=None, help="folder or .npz of images (default: the 500 dev test images)")
+    ap.add_argument("--offset", type=int, default=0, help="first image used")
+    ap.add_argument("--limit", type=int, default=100, help="images for the codec, classic codecs and lossless")
+    ap.add_argument("--bound-limit", type=int, default=16, help="images for the exact bound (ideal curve); 0 skips")
+    ap.add_argument("--split-limit", type=int, default=500,
+                    help="images for the Monte-Carlo rate/distortion split (--split-t-samples t per image); 0 skips")
+    ap.add_argument("--split-t-samples", type=int, default=10, help="importance-sampled t per image for the split")
+    ap.add_argument("--strip-images", type=int, default=4, help="images in the progressive strip; 0 skips")
+    ap.add_argument("--strip-t", default="1000,600,400,250,150,100,60,30,15,4",
+                    help="t values shown in the strip (nearest coded steps)")
+    ap.add_argument("--steps", type=int, default=d.n_steps, help="coded steps")
+    ap.add_argument("--t-end", type=int, default=d.t_end, help="last channel-simulated t")
+    ap.add_argument("--budget", type=int, default=d.budget_bits, help="PFR chunk budget, bits")
+    ap.add_argument("--margin", type=int, default=d.margin_bits, help="PFR extra candidate bits")
+    ap.add_argument("--prior", default=d.prior, choices=("calibrated", "fixedlarge"))
+    ap.add_argument("--seed", type=int, default=d.seed, help="codec seed (the bound uses --bound-seed)")
+    ap.add_argument("--bound-seed", type=int, default=0)
+    ap.add_argument("--bound-batch", type=int, default=None, help="(image, t) pairs per call (64 CPU / 1024 CUDA)")
+    ap.add_argument("--no-classic", action="store_true", help="skip the classic-codec sweeps")
+    ap.add_argument("--bitsback-json", default=BITSBACK_JSON, help="results of eval.bitsback_bench, if run")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", default="docs/report", help="output folder")
+    ap.add_argument("--cache", default="eval/out/cache", help="cache folder")
+    ap.add_argument("--no-cache", action="store_true", help="recompute everything (results still written to cache)")
+    ap.add_argument("--no-literature", action="store_true", help="leave published reference points off the plot")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    return ap
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device} requested but CUDA is not available")
+    return device
+
+
+def read_bitsback(path: str | Path) -> dict:
+    """Bits-back lossless results from eval.bitsback_bench (its JSON), or a 'not run' row with the command."""
+    p = Path(path)
+    row = {"name": "DDPM bits-back (one file for the set)", "bpd": None}
+    if not p.is_file():
+        return {**row, "status": "not run", "note": f"run `{BITSBACK_COMMAND}` (writes {p})"}
+    try:
+        r = json.loads(p.read_text())
+        m = r["set_run"]
+        note = (f"whole file incl. the initial seed bits, one file for {m['images']} images; net (file − seed) "
+                f"{m['net_bpd']:.3f}; extrapolated to a 500-image file {r['extrapolated_500']['bpd']:.3f}; "
+                f"{r['steps']} coded steps; from {p}")
+        return {**row, "bpd": float(m["bpd"]), "net_bpd": float(m["net_bpd"]), "n_images": int(m["images"]),
+                "note": note}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {**row, "status": "unreadable", "note": f"{p}: unexpected format ({exc!r}); rerun {BITSBACK_COMMAND}"}
+
+
+def _log(quiet: bool):
+    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Compute (or read from cache) every part, write all outputs; returns the summary dict."""
+    from ddpmcodec.data import load_dev_set, load_images
+    from ddpmcodec.model_io import load_model
+
+    t_run = time.perf_counter()
+    log = _log(args.quiet)
+    progress = not args.quiet
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device)
+    n_need = max(args.limit, args.bound_limit, args.strip_images, args.split_limit)
+    data = load_dev_set() if args.images is None else load_images(args.images)
+    data = data[args.offset: args.offset + n_need]
+    if len(data) == 0:
+        raise InputError("no images selected (check --offset / --limit)")
+    images, bound_images = data[:args.limit], data[:args.bound_limit]
+    src = "CIFAR-10 dev test set" if args.images is None else str(args.images)
+    images_desc = f"{src}, images {args.offset}..{args.offset + len(images) - 1}"
+    cache = Cache(args.cache, enabled=not args.no_cache)
+    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end, budget_bits=args.budget,
+                             margin_bits=args.margin, seed=args.seed, prior=args.prior)
+    stage = {}
+    s = {"model": model.name, "model_identity": model.identity, "images_desc": images_desc, "offset": args.offset,
+         "n_images": len(images), "n_bound": len(bound_images), "n_strip": min(args.strip_images, len(data)),
+         "T": model.diffusion.T, "settings": asdict(settings), "device": device, "threads": torch.get_num_threads(),
+         "msssim": classic.msssim_description()}
+
+    ideal = None
+    if len(bound_images):
+        log(f"[1/5] exact bound on {len(bound_images)} images")
+        batch = args.bound_batch or (1024 if device.startswith("cuda") else 64)
+        result, stage["bound"] = rm.bound_exact(model, bound_images, args.offset, cache, seed=args.bound_seed,
+                                                batch_size=batch, progress=progress)
+        ideal = rm.ideal_curve(result)
+        s["bound_summary"] = result.summary()
+        s["table4_ours"] = result.table4()
+    s["ideal"] = ideal
+    split_images = data[:args.split_limit]
+    s["n_split"] = len(split_images)
+    if len(split_images):
+        log(f"[1/5] Monte-Carlo bound ({args.split_t_samples} t/image) on {len(split_images)} images")
+        batch = args.bound_batch or (1024 if device.startswith("cuda") else 64)
+        split, stage["split"] = rm.bound_exact(model, split_images, args.offset, cache, seed=args.bound_seed,
+                                               batch_size=batch, t_samples=args.split_t_samples, chunk=50,
+                                               progress=progress)
+        s["split_summary"] = split.summary()
+
+    coded = None
+    if len(images):
+        log(f"[2/5] progressive codec on {len(images)} images")
+        per_image = rm.coded_per_image(model, images, args.offset, settings, cache, progress=progress)
+        coded = rm.coded_curve(per_image, int(images[0].size))
+        stage["codec"] = float(np.nansum([p["encode_s"] + p["decode_s"] for p in per_image]))
+    s["coded"] = coded
+
+    log(f"[3/5] classic codecs on {len(images)} images")
+    lossy, notes = ([], ["classic codecs skipped (--no-classic)"]) if args.no_classic else classic.lossy_codecs()
+    lossless, ll_notes = classic.lossless_codecs()
+    s["notes"] = notes + ll_notes
+    s["classic"], s["lossless_classic"], stage["classic"] = [], [], 0.0
+    versions = classic.library_versions()
+    for codec in tqdm(lossy + lossless, desc="classic codecs", unit="codec", disable=not progress):
+        exact = codec in lossless
+        key = {"codec": codec.key, "qualities": list(codec.qualities), "setting": codec.setting,
+               "images": image_digest(images), "versions": versions, "exact": exact,
+               "msssim": classic.MSSSIM_OPTIONS}
+        res = cache.get_json("classic", key)
+        if res is None:
+            start = time.perf_counter()
+            res = classic.sweep(codec, images, exact=exact)
+            res["seconds"] = time.perf_counter() - start
+            cache.put_json("classic", key, res)
+        stage["classic"] += res["seconds"]
+        (s["lossless_classic"] if exact else s["classic"]).append(res)
+
+    log("[4/5] lossless points and progressive strip")
+    s["lossless"] = [{"name": "DDPM ideal: bound total (NLL)", "bpd": s["bound_summary"]["total_bpd"],
+                      "n_images": len(bound_images), "note": "rate + distortion of the exact bound, no file"}
+                     ] if ideal is not None else []
+    if coded is not None:
+        s["lossless"] += [
+            {"name": "DDPM progressive-to-lossless (ideal)", "bpd": coded["lossless_ideal_bpd"],
+             "n_images": len(images), "note": "ΣKL of the coded steps + code length of the x_0 layer, no file"},
+            {"name": "DDPM progressive-to-lossless (coded)", "bpd": coded["lossless_bpd"], "n_images": len(images),
+             "note": f"whole .ddpm file per image (± {coded['lossless_bpd_stderr']:.3f} s.e.), decoded bit-exact"}]
+    s["lossless"].append(read_bitsback(args.bitsback_json))
+    for r in s["lossless_classic"]:
+        p = r["points"][0]
+        s["lossless"].append({"name": r["name"], "bpd": p["bpd"], "n_images": r["n_images"],
+                              "note": f"whole file, {r['setting']}; decoded bit-exact"})
+    strip = None
+    if args.strip_images > 0:
+        want = [int(x) for x in args.strip_t.split(",") if x.strip()]
+        strip = rm.strip_frames(model, data[:args.strip_images], settings, want, cache)
+        stage["strip"] = float(strip["seconds"])
+    s["strip"] = None if strip is None else {"t": strip["t"].tolist(), "bytes": strip["bytes"].tolist()}
+
+    log("[5/5] writing outputs")
+    out = Path(args.out)
+    res_dir = out / "results"
+    rd = [rw.classic_result(c, images_desc) for c in s["classic"]]
+    if coded is not None:
+        real, chain = rw.coded_results(coded, asdict(settings), images_desc)
+        rd = [real, chain] + rd
+    if ideal is not None:
+        bound_desc = f"{src}, images {args.offset}..{args.offset + len(bound_images) - 1}"
+        rd.append(rw.ideal_bound_result(ideal, len(bound_images), bound_desc))
+    s["rd_results"] = rd
+    for r in rd:
+        rw.write_json(res_dir / f"{_slug(r['name'])}.json", r)
+    rw.write_json(out / "lossless.json", s["lossless"])
+    plots.fig5(ideal, coded, out / "fig5.png", n_bound=len(bound_images), n_coded=len(images), T=s["T"])
+    plots.rd_curves(s["classic"], ideal, coded, out / "rd.png", n_bound=len(bound_images),
+                    literature=not args.no_literature)
+    if strip is not None:
+        plots.strip(strip, out / "strip.png")
+    s["stage_seconds"] = {k: round(v, 1) for k, v in stage.items()}
+    s["wall_s"] = time.perf_counter() - t_run
+    s["cache"] = {"hits": cache.hits, "misses": cache.misses, "folder": str(args.cache)}
+    s["command"] = "python -m eval.report " + " ".join(shlex.quote(a) for a in argv)
+    s["full_command"] = ("python -m eval.report --limit 500 --bound-limit 500 --split-t-samples 100 --device cuda"
+                         + (f" --out {shlex.quote(args.out)}" if args.out != "docs/report" else ""))
+    (out / "README.md").write_text(rw.markdown(s))
+    slim = {k: v for k, v in s.items() if k not in ("ideal", "rd_results")}
+    slim["ideal_table4"] = s.get("table4_ours")
+    rw.write_json(out / "summary.json", json.loads(json.dumps(slim, default=_plain)))
+    log(f"wrote {out}/README.md and figures in {s['wall_s']:.0f} s (cache: {cache.hits} hits, {cache.misses} misses)")
+    return s
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def _plain(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m eval.report") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    try:
+        run(args, argv)
+    except CodecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

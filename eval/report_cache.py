@@ -1,0 +1,89 @@
+"""A small content-keyed cache for the report's expensive parts (bound, codec runs, classic sweeps, strip frames).
+
+Each entry is one JSON (or npz) file named ``<kind>-<key>.<ext>`` under the cache folder, where ``key`` is a SHA-256
+prefix of everything the result depends on: the part's kind, the model identity, the settings, a digest of the exact
+image pixels and a code version. Changing any of them misses the cache; re-running with the same inputs only reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ddpmcodec.files import atomic_write
+
+CACHE_VERSION = 1  # bump when a cached computation changes meaning
+
+
+def image_digest(images: np.ndarray) -> str:
+    """16 hex chars identifying the exact uint8 pixels and shape of an image batch."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()[:16]
+
+
+class Cache:
+    """JSON/npz entries keyed by a dict of inputs; ``enabled=False`` always recomputes (and still writes)."""
+
+    def __init__(self, folder: str | Path, enabled: bool = True):
+        self.folder = Path(folder)
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, kind: str, inputs: dict, ext: str = "json") -> Path:
+        blob = json.dumps({"kind": kind, "version": CACHE_VERSION, **inputs}, sort_keys=True, default=str)
+        return self.folder / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.{ext}"
+
+    def get_json(self, kind: str, inputs: dict):
+        p = self.path(kind, inputs)
+        if self.enabled and p.is_file():
+            try:
+                value = json.loads(p.read_text())
+            except (OSError, ValueError):
+                value = None  # a damaged entry is recomputed
+            if value is not None:
+                self.hits += 1
+                return value
+        self.misses += 1
+        return None
+
+    def put_json(self, kind: str, inputs: dict, value) -> None:
+        self._write(self.path(kind, inputs), json.dumps(value, default=_json_default).encode())
+
+    def get_npz(self, kind: str, inputs: dict) -> dict | None:
+        p = self.path(kind, inputs, "npz")
+        if self.enabled and p.is_file():
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    value = {k: z[k] for k in z.files}
+                self.hits += 1
+                return value
+            except (OSError, ValueError):
+                pass
+        self.misses += 1
+        return None
+
+    def put_npz(self, kind: str, inputs: dict, arrays: dict) -> None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        self._write(self.path(kind, inputs, "npz"), buf.getvalue())
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Atomic write (temporary file + rename): an interrupted run never leaves a half entry."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,186 @@
+"""The report's DDPM parts: the exact bound (ideal curve), the progressive codec (coded curve), strip frames.
+
+All three are computed in chunks of images and cached (see eval/report_cache.py), so an interrupted run resumes and
+a second run only reads. Units: rates in bits/dim (bpd); bpp = 3 * bpd for RGB; PSNR in dB on 0..255.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+
+import numpy as np
+from tqdm import tqdm
+
+from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
+from ddpmcodec.codec import CodecSettings, decode_progressive, encode
+from eval.codec_bench import bench
+from eval.report_cache import Cache, image_digest
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, max(1, size)):
+        yield start, min(n, start + max(1, size))
+
+
+def _clean(a) -> list:
+    return [None if v is None or not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=float)]
+
+
+def _arr(a) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in a], dtype=np.float64)
+
+
+# ---- the ideal curve: the exact bound, all T timesteps -----------------------------------------------------------
+def bound_exact(model, images: np.ndarray, offset: int, cache: Cache, *, chunk: int = 4, seed: int = 0,
+                batch_size: int = 64, t_samples: int | None = None,
+                progress: bool = False) -> tuple[BoundResult, float]:
+    """The bound of ``images`` (the dataset's images offset..offset+N-1), merged over cached chunks of images.
+
+    Exact (every t) by default; ``t_samples=K`` gives the unbiased Monte-Carlo estimate with K importance-sampled t
+    per image (exact decoder term). Chunk noise uses seed + the dataset index of the chunk's first image, so chunks
+    draw independent noise. Returns (result, compute seconds summed over chunks, including cached ones).
+    """
+    parts, seconds = [], 0.0
+    mode = "exact" if t_samples is None else f"mc{t_samples}"
+    bar = tqdm(total=len(images), desc=f"bound ({'exact, all t' if t_samples is None else f'{t_samples} t/image'})",
+               unit="img", disable=not progress)
+    for a, b in _chunks(len(images), chunk):
+        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "seed": seed + offset + a,
+                  "mode": mode}
+        part = cache.get_json("bound", inputs)
+        if part is None:
+            start = time.perf_counter()
+            res = model_bound(model, images[a:b], t_samples=t_samples, seed=seed + offset + a, batch_size=batch_size,
+                              progress=False)
+            part = {"T": res.T, "prior": res.prior.tolist(), "rate": res.rate.tolist(),
+                    "rate_clip": res.rate_clip.tolist(), "distortion": res.distortion.tolist(),
+                    "mse_t1_clip": res.mse_t1_clip.tolist(), "count": res.per_t_count.tolist(),
+                    "mc_var": None if res.mc_var is None else res.mc_var.tolist(),
+                    "per_t": {k: _clean(v) for k, v in res.per_t.items()}, "seconds": time.perf_counter() - start}
+            cache.put_json("bound", inputs, part)
+        parts.append(part)
+        seconds += part["seconds"]
+        bar.update(b - a)
+    bar.close()
+    return merge_bounds(parts, seed, t_samples), seconds
+
+
+def merge_bounds(parts: list[dict], seed: int = 0, t_samples: int | None = None) -> BoundResult:
+    """One BoundResult from chunk dicts: per-image arrays concatenated, per-t means count-weighted."""
+    cat = lambda k: np.concatenate([np.asarray(p[k], dtype=np.float64) for p in parts])  # noqa: E731
+    counts = np.stack([np.asarray(p["count"], dtype=np.float64) for p in parts])
+    total = counts.sum(0)
+    per_t = {}
+    for k in TERM_KEYS:
+        vals = np.stack([np.nan_to_num(_arr(p["per_t"][k])) for p in parts])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_t[k] = np.where(total > 0, (vals * counts).sum(0) / total, np.nan)
+    mc = t_samples is not None
+    return BoundResult(T=int(parts[0]["T"]), mode="mc" if mc else "exact", t_samples=t_samples,
+                       t_sampling="importance" if mc else None, seed=seed, prior=cat("prior"), rate=cat("rate"),
+                       rate_clip=cat("rate_clip"), distortion=cat("distortion"), mse_t1_clip=cat("mse_t1_clip"),
+                       per_t=per_t, per_t_count=total, mc_var=cat("mc_var") if mc else None)
+
+
+def ideal_curve(result: BoundResult) -> dict:
+    """Per 1-based t = T..1: cumulative rate to hold x_t (bpd) and the pooled RMSE / PSNR of x^_0 at t."""
+    T = result.T
+    t = np.arange(T, 0, -1)
+    rate = result.cumulative_rate()[t - 1]
+    rmse = np.sqrt(result.per_t["mse_x0_clip"][t - 1]) * 127.5
+    return {"t": t.tolist(), "steps_done": (T + 1 - t).tolist(), "rate_bpd": rate.tolist(),
+            "rmse": rmse.tolist(), "psnr_pooled_db": (20 * np.log10(255.0 / rmse)).tolist()}
+
+
+# ---- the coded curve: the progressive codec, one bench() call per image ------------------------------------------
+def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSettings, cache: Cache, *,
+                    chunk: int = 10, progress: bool = False) -> list[dict]:
+    """eval.codec_bench.bench on each image (lossless round trip verified), cached per chunk of images.
+
+    Each dict: t (coded stop points, T..t_end then 0 = lossless), ideal_bpd (cumulative exact KL of the coded steps
+    along the encoder's chain, + the x_0 layer's code length at t=0), coded_bpd (whole valid file stopping there),
+    psnr_db (x^_0 at t vs the original; None at t=0), bytes (lossless file), encode_s, decode_s, unet_s.
+    """
+    out = []
+    bar = tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress)
+    for a, b in _chunks(len(images), chunk):
+        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "settings": asdict(settings)}
+        part = cache.get_json("coded", inputs)
+        if part is None:
+            part = []
+            for i in range(a, b):
+                r = bench(model, images[i:i + 1], settings, decode_every=1, progress=False)
+                s, p = r["steps"], r["per_image"][0]
+                part.append({"index": offset + i, "t": [x["t"] for x in s], "ideal_bpd": [x["ideal_bpd"] for x in s],
+                             "coded_bpd": [x["coded_bpd"] for x in s], "psnr_db": [x["psnr_db"] for x in s],
+                             "bytes": p["bytes"], "header_bytes": r["header_bytes"], "encode_s": p["encode_s"],
+                             "decode_s": p["decode_s"], "unet_s": p["unet_s"]})
+                bar.update(1)
+            cache.put_json("coded", inputs, part)
+        else:
+            bar.update(b - a)
+        out.extend(part)
+    bar.close()
+    return out
+
+
+def coded_curve(per_image: list[dict], dims_per_image: int) -> dict:
+    """Means over images at every coded stop point (lossy points only) plus the lossless end point."""
+    t = per_image[0]["t"]
+    if any(p["t"] != t for p in per_image):
+        raise RuntimeError("images were coded with different step schedules; cannot average stop points")
+    ideal = np.array([p["ideal_bpd"] for p in per_image])
+    coded = np.array([p["coded_bpd"] for p in per_image])
+    psnr = np.array([_arr(p["psnr_db"]) for p in per_image])
+    lossy = np.array(t) > 0
+    mse = 255.0 ** 2 * 10.0 ** (-psnr[:, lossy] / 10.0)  # per-image MSE back from per-image PSNR (exact)
+    rmse_pooled = np.sqrt(mse.mean(0))
+    n = len(per_image)
+    ll = coded[:, ~lossy][:, -1] if (~lossy).any() else coded[:, -1]
+    col = lambda k: np.array([p[k] for p in per_image], dtype=np.float64)  # noqa: E731
+    return {"n_images": n, "t": [int(x) for x in np.array(t)[lossy]],
+            "ideal_bpd": ideal[:, lossy].mean(0).tolist(), "coded_bpd": coded[:, lossy].mean(0).tolist(),
+            "psnr_db": psnr[:, lossy].mean(0).tolist(), "psnr_db_stderr": _stderr(psnr[:, lossy]).tolist(),
+            "rmse_pooled": rmse_pooled.tolist(), "psnr_pooled_db": (20 * np.log10(255.0 / rmse_pooled)).tolist(),
+            "lossless_bpd": float(ll.mean()), "lossless_bpd_stderr": float(_stderr(ll[:, None])[0]),
+            "lossless_ideal_bpd": float(ideal[:, -1].mean()), "header_bytes": int(per_image[0]["header_bytes"]),
+            "encode_s_per_image": float(col("encode_s").mean()),
+            "decode_s_per_image": float(np.nanmean(col("decode_s"))),
+            "unet_share_encode": float(col("unet_s").sum() / col("encode_s").sum()),
+            "dims_per_image": dims_per_image}
+
+
+def _stderr(a: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
+    return a.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full(a.shape[1], np.nan)
+
+
+# ---- the progressive strip: x^_0 at chosen t, decoded from the real file ----------------------------------------
+def strip_frames(model, images: np.ndarray, settings: CodecSettings, want_t: list[int], cache: Cache) -> dict:
+    """Encode each image, decode progressively and keep x^_0 at the coded steps nearest to ``want_t``.
+
+    Returns arrays: frames (N, K, H, W, 3) uint8, t (K,) coded t of each column (shared schedule), bytes (N, K)
+    the file bytes read to reach each frame, original (N, H, W, 3), seconds (compute time, scalar).
+    """
+    inputs = {"model": model.identity, "images": image_digest(images), "settings": asdict(settings),
+              "want_t": list(want_t)}
+    hit = cache.get_npz("strip", inputs)
+    if hit is not None:
+        return hit
+    frames, nbytes, cols = [], [], None
+    start = time.perf_counter()
+    for im in images:
+        res = encode(im, model, settings)
+        steps = list(decode_progressive(res.data, model, every_step=True))
+        if not np.array_equal(steps[-1].pixels, im):
+            raise RuntimeError("strip image: lossless round trip failed")
+        if cols is None:
+            ts = np.array([s.t for s in steps])
+            cols = sorted({int(np.argmin(np.abs(ts - w) + (ts == 0) * 10 ** 6)) for w in want_t}, key=lambda j: -ts[j])
+        frames.append(np.stack([steps[j].pixels for j in cols]))
+        nbytes.append([steps[j].bytes_read for j in cols])
+    out = {"frames": np.stack(frames), "t": np.array([steps[j].t for j in cols]), "bytes": np.array(nbytes),
+           "original": np.ascontiguousarray(images), "seconds": np.array(time.perf_counter() - start)}
+    cache.put_npz("strip", inputs, out)
+    return out
