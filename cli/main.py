@@ -1,9 +1,14 @@
 """`ddpmcodec` command-line entry point: a click group that gathers the subcommands in cli/."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
+
+# Idle OpenMP threads sleep instead of spinning: on a machine busy with other work, spinning threads made a
+# 5-second encode take minutes. Set before torch loads; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _OneLineErrors(click.Group):

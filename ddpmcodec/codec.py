@@ -91,7 +91,8 @@ class _Chain:
     def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         start = time.perf_counter()
         dev = self.model.device
-        outs = [self.model.eps(x[i:i + EPS_BATCH].to(dev), t).float().cpu() for i in range(0, len(x), EPS_BATCH)]
+        outs = [self.model.eps_reproducible(x[i:i + EPS_BATCH].to(dev), t).float().cpu()
+                for i in range(0, len(x), EPS_BATCH)]
         self.unet_seconds += time.perf_counter() - start
         return torch.cat(outs)
 
@@ -333,5 +334,6 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
     pixels = pixelmodel.pop(coder, chain.pixel_rows(x0_hat, h.height, h.width))
     if pixel_check(pixels) != h.pixel_crc:
         raise DeterminismError("decoded pixels fail the checksum: this machine did not reproduce the encoder's "
-                               "network outputs (different model build, torch version or device numerics)")
+                               "network outputs (different device, CPU kernels or torch build); lossy previews "
+                               "(--stop-at) still decode")
     yield DecodedStep(0, len(data), pixels)

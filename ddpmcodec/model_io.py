@@ -63,6 +63,22 @@ class DiffusionModel:
         with torch.inference_mode():
             return self.net(x.to(self.device, torch.float32), steps)
 
+    def eps_reproducible(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """:meth:`eps` with outputs that do not depend on the machine's core count.
+
+        CPU kernels split reductions by thread count, so the same input gives last-digit differences on machines
+        with different core counts; codecs whose probabilities depend on network outputs need identical results.
+        On CPU this runs with one thread (restoring the caller's setting afterwards).
+        """
+        if self.device.type != "cpu":
+            return self.eps(x, t)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.eps(x, t)
+        finally:
+            torch.set_num_threads(before)
+
     def to(self, device: str | torch.device) -> "DiffusionModel":
         """Move the network to ``device`` (in place); returns self."""
         self.device = torch.device(device)

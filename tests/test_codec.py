@@ -171,3 +171,25 @@ def test_decode_progressive_yields_t_bytes_pixels_tuples(model, coded):
     for t, bytes_read, pixels in decode_progressive(res.data, model, stop_at_t=res.steps[2].t):
         assert pixels.shape == img.shape and pixels.dtype == np.uint8 and bytes_read <= len(res.data)
     assert t == res.steps[2].t
+
+
+def test_lossless_decode_does_not_depend_on_the_thread_count(tmp_path):
+    """Files written on a machine with more cores must decode exactly with fewer (network outputs are evaluated
+    with a fixed thread count); the bundled 32x32 model is big enough for thread count to change conv results."""
+    import torch
+
+    from ddpmcodec.model_io import load_model
+
+    model = load_model("default")
+    img = smooth_image(32, 32, seed=5)
+    settings = CodecSettings(n_steps=4, budget_bits=6, t_end=200)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        data = encode(img, model, settings).data
+        torch.set_num_threads(1)
+        out = list(decode_progressive(data, model, every_step=False))[-1]
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(out.pixels, img)
+    assert torch.get_num_threads() == before
