@@ -2,14 +2,16 @@
 
     python -m eval.bitsback_bench                       # 100-image set (+ extrapolation to 500), 8 single images
     python -m eval.bitsback_bench --limit 500           # the full dev set (about 1.5 h on 1 CPU thread)
-    python -m eval.bitsback_bench --limit 8 --single 2 --compare 0 --steps-sweep "" --grid-sweep ""   # smoke run
+    python -m eval.bitsback_bench --limit 8 --single 2 --compare 0 --steps-sweep "" --grid-sweep "" \
+        --single-grid-sweep ""                          # smoke run
 
 Reported per configuration: whole-file bits/dim (everything: container header, sub-header, stack words, the
 consumed initial seed words), 'net' = file minus the consumed seed bits, the NELBO of the same chain evaluated on the
 encoder's own draws (prior KL + per-step KLs with continuous Gaussians + the x_0 layer's code length) and
 an independent estimate of the model's NELBO for the same schedule (fresh draws x_t ~ q(x_t|x_0) per level, as
-calc_bpd_loop). Every bits-back file is decoded and compared pixel for pixel. Baselines count whole files: PNG
-(pillow, optimize, level 9), WebP lossless (pillow, method 6), JPEG-XL lossless (imagecodecs, effort 9).
+calc_bpd_loop). Every bits-back file is decoded and compared pixel for pixel (except the encode-only grid sweeps).
+Baselines count whole files: PNG (pillow, optimize, level 9), WebP lossless (pillow, method 6), JPEG-XL lossless
+(imagecodecs, effort 9).
 """
 from __future__ import annotations
 
