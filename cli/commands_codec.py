@@ -168,10 +168,14 @@ def _write_strip(shots, frames_dir: Path) -> None:
 def info(file, model_spec, allow_pickle, device, no_steps):
     """Print a .ddpm file's header and its per-step table (t, cumulative bytes, bpp)."""
     from ddpmcodec import container
-    from ddpmcodec.fileops import step_table, summary_lines
+    from ddpmcodec.fileops import bitsback_summary_lines, step_table, summary_lines
 
     data = read_input(file)
     parsed = container.unpack(data)
+    if parsed.header.mode == container.MODE_BITSBACK:
+        for line in bitsback_summary_lines(data):
+            click.echo(line)
+        return
     table = None
     if not no_steps and parsed.header.mode == container.MODE_PROGRESSIVE:
         parsed, table = step_table(data, load(model_spec, allow_pickle, "cpu"))

@@ -64,6 +64,21 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
     return container.pack(new, parsed.payload[:payload_bytes])
 
 
+def bitsback_summary_lines(data: bytes) -> list[str]:
+    """`info` for a bits-back file (header and sub-header; no model needed)."""
+    from .bitsback_format import file_info
+
+    i = file_info(data)
+    dims = sum(w * h * 3 for w, h in i["sizes"])
+    return [f"format       .ddpm v{container.VERSION}, bits-back (lossless, not progressive)",
+            f"images       {i['images']}: " + ", ".join(f"{w}x{h}" for w, h in i["sizes"][:8])
+            + (" ..." if i["images"] > 8 else ""),
+            f"schedule     {i['n_steps']} coded steps down to t={i['t_end']}, order {i['order']}, "
+            f"grid {i['grid_bits']}",
+            f"size         {i['bytes']} bytes (headers {i['overhead_bytes']}, stored seed words "
+            f"{i['seed_words_stored']}), {8 * i['bytes'] / dims:.3f} bits/dim"]
+
+
 def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> list[str]:
     h = parsed.header
     dims = h.width * h.height * 3

@@ -126,3 +126,11 @@ def test_partial_file_decodes_what_it_holds(env, tmp_path):
     (tmp_path / "half.ddpm").write_bytes(data[: len(data) // 2])
     res = run("decode", tmp_path / "half.ddpm", "-o", tmp_path / "half.png", "--model", model)
     assert "partial" in res.output and (tmp_path / "half.png").is_file()
+
+
+def test_info_on_a_bitsback_file(env, tmp_path):
+    d, model, _ = env
+    run("encode", d / "img.png", "-o", tmp_path / "bb.ddpm", "--mode", "bitsback", "--steps", "6", "--model", model,
+        "-q")
+    out = run("info", tmp_path / "bb.ddpm").output
+    assert "bits-back" in out and "12x10" in out and "PFR" not in out
