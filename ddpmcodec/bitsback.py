@@ -19,7 +19,6 @@ words. After the last image the decoder checks that the whole seed came back, th
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import zlib
 from dataclasses import dataclass

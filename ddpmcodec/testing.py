@@ -47,3 +47,12 @@ def make_tiny_model(tmp_path: str | Path, resolution: int = 8, seed: int = 0,
     path = Path(tmp_path) / f"tiny-r{resolution}-s{seed}.safetensors"
     save_model(path, random_unet(config, seed), config, diffusion, name=f"tiny-r{resolution}-s{seed}")
     return load_model(path)
+
+
+def smooth_image(h: int, w: int, seed: int = 0):
+    """A seeded (h, w, 3) uint8 test image with image-like local correlation (random walks along both axes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.integers(-9, 10, (h, w, 3)), axis=1) + np.cumsum(rng.integers(-5, 6, (h, 1, 3)), axis=0)
+    return np.clip(walk + 128, 0, 255).astype(np.uint8)

@@ -11,15 +11,9 @@ from ddpmcodec import bitsback, container
 from ddpmcodec.bitsback import BitsBackSettings, Decoder, decode_images, decode_set, encode_image, encode_set
 from ddpmcodec.bitsback_format import seed_estimate, seed_words
 from ddpmcodec.errors import DeterminismError, FormatError, InputError, ModelMismatchError
-from ddpmcodec.testing import make_tiny_model
+from ddpmcodec.testing import make_tiny_model, smooth_image
 
 FAST = BitsBackSettings(n_steps=6, grid_bits=2)
-
-
-def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    walk = np.cumsum(rng.integers(-9, 10, (h, w, 3)), axis=1) + np.cumsum(rng.integers(-5, 6, (h, 1, 3)), axis=0)
-    return np.clip(walk + 128, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

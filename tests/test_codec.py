@@ -10,15 +10,9 @@ from ddpmcodec import container
 from ddpmcodec.codec import CodecSettings, decode_progressive, encode
 from ddpmcodec.errors import DeterminismError, FormatError, ModelMismatchError
 from ddpmcodec.fileops import step_table, truncate
-from ddpmcodec.testing import make_tiny_model
+from ddpmcodec.testing import make_tiny_model, smooth_image
 
 FAST = CodecSettings(n_steps=12, budget_bits=6, margin_bits=2)
-
-
-def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    walk = np.cumsum(rng.integers(-9, 10, (h, w, 3)), axis=1) + np.cumsum(rng.integers(-5, 6, (h, 1, 3)), axis=0)
-    return np.clip(walk + 128, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

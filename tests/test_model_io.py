@@ -12,7 +12,7 @@ from ddpmcodec.diffusion import DiffusionConfig
 from ddpmcodec.errors import InputError
 from ddpmcodec.model_io import (FORMAT_TAG, compute_identity, diffusers_to_pytorch_diffusion, load_model,
                                 save_model, unet_config_from_diffusers)
-from ddpmcodec.testing import random_unet, tiny_unet_config
+from ddpmcodec.testing import random_unet
 from ddpmcodec.unet import UNet, UNetConfig
 
 # google/ddpm-cifar10-32's unet/config.json (diffusers UNet2DModel), as published.
