@@ -35,7 +35,7 @@ from .bitsback_format import (MAX_ATTEMPTS, MAX_GRID_BITS, MIN_GRID_BITS, ORDERS
 from .codec import codec_model_id
 from .diffusion import LOG2, gaussian_kl
 from .errors import DeterminismError, FormatError, InputError
-from .images import from_tiles, to_tiles
+from .images import tiles_to_uint8, to_tiles
 
 MIN_WORDS = 4  # the encoder's stack must never drop below this (else: more seed words and retry)
 
@@ -128,11 +128,6 @@ class _Coder:
             self.trace.append((label, self.ans.num_bits()))
 
 
-def _pixel_rows(x0_hat: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """x^_0 as the x_0 layer's base mean rows (H, W, 3), as the progressive codec."""
-    return entropy.quantize_pixel_means(((from_tiles(x0_hat, h, w).double() + 1.0) * 127.5).numpy())
-
-
 def _step_kl(chain: ImageChain, j: int, x_prev_real: np.ndarray, x0_real: np.ndarray, mu_p: np.ndarray) -> float:
     lv = chain.levels[j - 1]
     mu_q = torch.from_numpy(chain.rev_mean(j, x_prev_real, x0_real))
@@ -148,7 +143,7 @@ def _prior_kl(chain: ImageChain, x0_real: np.ndarray) -> float:
 def _push_x0(coder: _Coder, chain: ImageChain, x_K: torch.Tensor, pixels: np.ndarray) -> float:
     """The progressive codec's exact x_0 layer (pixelmodel: context means, per-image parameters on the stack)."""
     h, w, _ = pixels.shape
-    rows = _pixel_rows(chain.x0_hat(x_K, chain.levels[-1].t), h, w)
+    rows = pixelmodel.mean_rows(chain.x0_hat(x_K, chain.levels[-1].t), h, w)
     params = pixelmodel.fit(pixels, rows)
     pixelmodel.push(coder.ans, pixels, rows, params)
     return pixelmodel.code_length_bits(pixels, rows, params)
@@ -204,7 +199,7 @@ def _decode_image(coder: _Coder, chain: ImageChain, h: int, w: int, order: str,
     for j in range(1, K + 1):
         x0h = chain.x0_hat(x_prev, L[j - 1].t_prev)
         if every_step:
-            yield DecodedStep(index, L[j - 1].t_prev, _to_uint8(x0h, h, w))
+            yield DecodedStep(index, L[j - 1].t_prev, tiles_to_uint8(x0h, h, w))
         n[j] = pop_p(coder.ans, chain.prior_mean(j, x_prev, x0h), L[j - 1].p_var, L[j - 1].delta)
         if order == "bitswap" and j > 1:
             lv = L[j - 2]
@@ -212,8 +207,8 @@ def _decode_image(coder: _Coder, chain: ImageChain, h: int, w: int, order: str,
         x_prev = chain.latent(j, n[j])
     x0h = chain.x0_hat(x_prev, L[K - 1].t)
     if every_step:
-        yield DecodedStep(index, L[K - 1].t, _to_uint8(x0h, h, w))
-    pixels = pixelmodel.pop(coder.ans, _pixel_rows(x0h, h, w))
+        yield DecodedStep(index, L[K - 1].t, tiles_to_uint8(x0h, h, w))
+    pixels = pixelmodel.pop(coder.ans, pixelmodel.mean_rows(x0h, h, w))
     x0, _ = to_tiles(pixels, chain.mask.shape[-1])
     x0_real = x0.flatten()[chain.real].double().numpy()
     if order == "bitswap":
@@ -223,10 +218,6 @@ def _decode_image(coder: _Coder, chain: ImageChain, h: int, w: int, order: str,
             prev = chain.x_T_real if j == 1 else n[j - 1] * L[j - 2].delta
             push_q(coder.ans, n[j], chain.rev_mean(j, prev, x0_real), L[j - 1].rev[2], L[j - 1].delta)
     yield DecodedStep(index, 0, pixels)
-
-
-def _to_uint8(x0_hat: torch.Tensor, h: int, w: int) -> np.ndarray:
-    return torch.round((from_tiles(x0_hat, h, w).clamp(-1, 1) + 1.0) * 127.5).to(torch.uint8).numpy()
 
 
 # ---- sets -------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from . import channel, container, entropy, pixelmodel
 from .diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from .errors import DeterminismError, FormatError, InputError, ModelMismatchError
-from .images import from_tiles, psnr, to_tiles
+from .images import psnr, tiles_to_uint8, to_tiles
 from .steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
 EPS_BATCH = 64  # tiles per network call
@@ -125,11 +125,6 @@ class _Chain:
             z[self.free] = channel.free_noise(seed, len(self.free))
         return mu_p + math.sqrt(var_p) * z.view(self.mask.shape)
 
-    def pixel_rows(self, x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
-        """x^_0 as pixel-model mean rows (H, W, 3) int64 (grid 1/8 grey level)."""
-        means = (from_tiles(x0_hat, height, width).double() + 1.0) * 127.5
-        return entropy.quantize_pixel_means(means.numpy())
-
 
 def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> container.Header:
     if s.prior not in container.PRIOR_KINDS:
@@ -180,7 +175,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         t, s = steps[k], steps[k + 1]
         eps = chain.eps(x_t, t)
         x0_hat = chain.x0_hat(x_t, t, eps)
-        stats[-1].psnr = psnr(_to_uint8(x0_hat, height, width), pixels)
+        stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
         if (stop_at_t and t <= stop_at_t) or (target_psnr is not None and stats[-1].psnr >= target_psnr):
             lossless = False
             x0_hat = None
@@ -204,8 +199,8 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
     if lossless:
         eps = chain.eps(x_t, steps[-1])
         x0_hat = chain.x0_hat(x_t, steps[-1], eps)
-        stats[-1].psnr = psnr(_to_uint8(x0_hat, height, width), pixels)
-        rows = chain.pixel_rows(x0_hat, height, width)
+        stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
+        rows = pixelmodel.mean_rows(x0_hat, height, width)
         params = pixelmodel.fit(pixels, rows)
         pixelmodel.push(coder, pixels, rows, params)
         stats.append(StepStat(t=0, ideal_bits=pixelmodel.code_length_bits(pixels, rows, params), psnr=float("inf")))
@@ -238,11 +233,6 @@ def prefix_words(total: int, mark: int) -> int:
     if mark >= total:
         return 0
     return total if mark == 0 else min(total, total - mark + 2)
-
-
-def _to_uint8(x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
-    img = from_tiles(x0_hat, height, width)
-    return torch.round((img.clamp(-1, 1) + 1.0) * 127.5).to(torch.uint8).numpy()
 
 
 class StreamReader:
@@ -323,7 +313,7 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
         if k == h.steps_present and h.lossless and not to_exact:
             bytes_here = truncated_size(h, k, reader.words_needed())
         if every_step or (stop and not to_exact):
-            yield DecodedStep(t, bytes_here, _to_uint8(x0_hat, h.height, h.width))
+            yield DecodedStep(t, bytes_here, tiles_to_uint8(x0_hat, h.height, h.width))
         if stop:
             break
         bytes_here = bytes_next
@@ -331,7 +321,7 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
         x_t = chain.advance(k, x_t, mu_p, var_p, q, torch.from_numpy(idx.astype(np.int64)))
     if not to_exact:
         return
-    pixels = pixelmodel.pop(coder, chain.pixel_rows(x0_hat, h.height, h.width))
+    pixels = pixelmodel.pop(coder, pixelmodel.mean_rows(x0_hat, h.height, h.width))
     if pixel_check(pixels) != h.pixel_crc:
         raise DeterminismError("decoded pixels fail the checksum: this machine did not reproduce the encoder's "
                                "network outputs (different device, CPU kernels or torch build); lossy previews "

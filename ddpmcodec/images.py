@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .diffusion import to_pixels
 from .errors import InputError
 
 
@@ -92,6 +93,11 @@ def from_tiles(tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
         raise ValueError("tile count does not match image size")
     img = tiles.reshape(gh, gw, c, r, r).permute(0, 3, 1, 4, 2).reshape(gh * r, gw * r, c)
     return img[:height, :width]
+
+
+def tiles_to_uint8(tiles: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Model-space tiles (N, 3, R, R) in [-1, 1] -> (H, W, 3) uint8 image (rounded, clipped, cropped)."""
+    return to_pixels(from_tiles(tiles, height, width)).numpy()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,8 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from . import entropy
+from .images import from_tiles
 
 COEF_DENOM = 32  # coefficient k means k / 32
 # features per channel, as (dy, dx, channel) offsets of known residuals
@@ -46,6 +48,12 @@ def _param_models():
     if _PARAM_MODELS is None:
         _PARAM_MODELS = (entropy._MODELS.Uniform(entropy.SIGMA_TABLE_SIZE), entropy._MODELS.Uniform(256))
     return _PARAM_MODELS
+
+
+def mean_rows(x0_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """x^_0 tiles (N, 3, R, R) in [-1, 1] -> the layer's base mean rows (H, W, 3) int64 (grid 1/8 grey level)."""
+    means = (from_tiles(x0_hat, height, width).double() + 1.0) * 127.5
+    return entropy.quantize_pixel_means(means.numpy())
 
 
 def residual8(pixels: np.ndarray, rows: np.ndarray) -> np.ndarray:

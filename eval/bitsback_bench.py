@@ -30,11 +30,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddpmcodec import bitsback, entropy, pixelmodel
+from ddpmcodec import bitsback, pixelmodel
 from ddpmcodec.bitsback_chain import schedule_for
 from ddpmcodec.data import load_dev_set, load_images
 from ddpmcodec.diffusion import LOG2, gaussian_kl, q_sample_batched
-from ddpmcodec.images import from_tiles, to_tiles
+from ddpmcodec.images import to_tiles
 from ddpmcodec.model_io import load_model
 
 # ---- baselines ----------------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def schedule_nelbo(model, images: np.ndarray, settings: bitsback.BitsBackSetting
             bits += float(gaussian_kl(mu_q.flatten()[real], var_q, mu_p.flatten()[real], lv.p_var).sum()) / LOG2
         h, w, _ = im.shape
         last = x0_hat[len(levels) * n_tiles:]
-        rows = entropy.quantize_pixel_means(((from_tiles(last, h, w) + 1.0) * 127.5).numpy())
+        rows = pixelmodel.mean_rows(last, h, w)
         bits += pixelmodel.code_length_bits(im, rows, pixelmodel.fit(im, rows))
         mean_T = sched.sqrt_alpha_bar[sched.T] * x0.double().flatten()[real]
         bits += float(gaussian_kl(mean_T, 1.0 - sched.alpha_bar[sched.T], torch.zeros_like(mean_T), 1.0).sum()) / LOG2
