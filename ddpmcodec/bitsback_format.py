@@ -1,7 +1,7 @@
 """The bits-back payload inside a .ddpm container (mode MODE_BITSBACK), and the pseudo-random initial stack.
 
 Container fields in this mode: width/height/source_mode describe image 0, ``steps_present`` is the number of coded
-steps, ``lossless`` is 1, ``pixel_crc`` the CRC-32 (low 16 bits) of all images' pixels in order; ``sigma_index``,
+steps, ``lossless`` is 1, ``pixel_crc`` the CRC-32 (low 16 bits) of all images' pixels in order;
 ``budget_bits`` and ``margin_bits`` keep their defaults (each image's x_0-layer parameters are on the stack).
 
 Payload: sub-header (varints: flags = order | (grid_bits + GRID_OFFSET) << 1 | names << 5 | per-image sizes << 6 |

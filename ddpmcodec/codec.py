@@ -2,8 +2,8 @@
 
 Per coded step t -> s the sender transmits a sample of q(x_s | x_t, x_0) under the model's p(x_s | x_t) by PFR
 channel simulation (channel.py); x_T is free (shared seed); x_0 is coded exactly from x_{t_end} with rANS under a
-quantized discretized Gaussian around x^_0 (entropy.py). Both sides run the same `_Chain`, so the decoder
-reproduces the encoder's x_t; a CRC of the pixels turns any mismatch into a clear error.
+quantized discretized Gaussian around x^_0 with causal context (pixelmodel.py). Both sides run the same `_Chain`,
+so the decoder reproduces the encoder's x_t; a check of the pixels turns any mismatch into a clear error.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class CodecSettings:
 class StepStat:
     t: int  # the receiver holds x_t after this step
     ideal_bits: float  # KL of this step (0 for x_T); lossless layer: its code length
-    bytes_if_stopped: int = 0  # whole-file size of the prefix ending here
+    bytes_if_stopped: int = 0  # size of the valid file that stops here (what `truncate` writes)
     psnr: float = float("nan")  # of x^_0 at t against the original (encoder side)
 
 
@@ -56,7 +56,7 @@ class EncodeResult:
 
 
 def codec_model_id(model, profile: Profile) -> bytes:
-    """8-byte identity of everything the decoder must share: weights, configs and the rate profile."""
+    """Short identity (container.MODEL_ID_BYTES) of what the decoder must share: weights, configs, rate profile."""
     return hashlib.sha256(f"{model.identity}:{profile.digest()}".encode()).digest()[:container.MODEL_ID_BYTES]
 
 
@@ -114,11 +114,14 @@ class _Chain:
         expected = expected_skip_kl(self.sched, self.profile, t, s, kind) * len(self.coded)
         return entropy.quantize_log_kl(expected)
 
-    def advance(self, k: int, x_t: torch.Tensor, mu_p: torch.Tensor, var_p: float, q_log_kl: int,
+    def layout(self, k: int, q_log_kl: int) -> channel.ChunkLayout:
+        """Step k's chunk partition: seeded, with as many chunks as the step's transmitted KL asks for."""
+        return channel.ChunkLayout.make(len(self.coded), self.n_chunks(q_log_kl), channel.mix_seed(self.seed(k), 0))
+
+    def advance(self, k: int, mu_p: torch.Tensor, var_p: float, layout: channel.ChunkLayout,
                 indices: torch.Tensor) -> torch.Tensor:
-        """Rebuild x_s from the step's symbols (the same code on both sides)."""
+        """Rebuild x_s from the step's chunk indices (the same code on both sides)."""
         seed = self.seed(k)
-        layout = channel.ChunkLayout.make(len(self.coded), self.n_chunks(q_log_kl), channel.mix_seed(seed, 0))
         z = torch.empty(self.mask.numel(), dtype=torch.float32)
         z[self.coded] = layout.scatter(channel.pfr_reconstruct(seed, layout, indices), len(self.coded))
         if len(self.free):
@@ -142,7 +145,7 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> contai
         source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
         n_steps=int(s.n_steps), t_end=int(s.t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
-        sigma_index=0, pixel_crc=pixel_check(pixels), payload_words=0)
+        pixel_crc=pixel_check(pixels), payload_words=0)
 
 
 def pixel_check(pixels: np.ndarray) -> int:
@@ -181,17 +184,17 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
             x0_hat = None
             break
         mu_p, var_p = chain.prior(x_t, t, s, x0_hat)
-        c0, _, var_q = chain.sched.skip_posterior_coefs(t, s)
+        _, _, var_q = chain.sched.skip_posterior_coefs(t, s)
         mu_q = posterior_mean(chain.sched, x0, x_t, t, s)
         kl_bits = float(gaussian_kl(mu_q.double().flatten()[chain.coded], var_q,
                                     mu_p.double().flatten()[chain.coded], var_p).sum()) / math.log(2.0)
         q = entropy.quantize_log_kl(kl_bits)
-        layout = channel.ChunkLayout.make(len(chain.coded), chain.n_chunks(q), channel.mix_seed(chain.seed(k), 0))
+        layout = chain.layout(k, q)
         delta = ((mu_p - mu_q).flatten()[chain.coded] / math.sqrt(var_q)).float()
         indices = channel.pfr_select(chain.seed(k), layout, delta, math.sqrt(var_p / var_q), chain.n_candidates)
         symbols.append((q, indices.numpy().astype(np.int32), prev_q))
         prev_q = q
-        x_t = chain.advance(k, x_t, mu_p, var_p, q, indices)
+        x_t = chain.advance(k, mu_p, var_p, layout, indices)
         stats.append(StepStat(t=s, ideal_bits=kl_bits))
         if progress:
             progress(k + 1, len(steps) - 1)
@@ -318,7 +321,7 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
             break
         bytes_here = bytes_next
         mu_p, var_p = chain.prior(x_t, t, steps[k + 1], x0_hat)
-        x_t = chain.advance(k, x_t, mu_p, var_p, q, torch.from_numpy(idx.astype(np.int64)))
+        x_t = chain.advance(k, mu_p, var_p, chain.layout(k, q), torch.from_numpy(idx.astype(np.int64)))
     if not to_exact:
         return
     pixels = pixelmodel.pop(coder, pixelmodel.mean_rows(x0_hat, h.height, h.width))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from .errors import FormatError
 
@@ -71,7 +71,6 @@ class Header:
     margin_bits: int
     prior_kind: int  # index into PRIOR_KINDS
     seed: int
-    sigma_index: int  # unused by the progressive codec (its pixel model travels on the stack); not stored
     pixel_crc: int  # low 16 bits of the CRC-32 of the original pixels (stored only when lossless)
     payload_words: int  # number of 32-bit words in the complete payload
 
@@ -109,7 +108,7 @@ class Header:
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)
-        sigma, crc = 0, 0
+        crc = 0
         if flags & _F_LOSSLESS:
             extra = buf.read(2)
             if len(extra) != 2:
@@ -118,7 +117,7 @@ class Header:
         return cls(mode=flags & 3, model_id=head[:MODEL_ID_BYTES], width=w + 1, height=h + 1,
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
-                   sigma_index=sigma, pixel_crc=crc, payload_words=words, **settings)
+                   pixel_crc=crc, payload_words=words, **settings)
 
 
 def _header_check(prefix: bytes) -> bytes:
@@ -176,15 +175,8 @@ def _validate(h: Header) -> None:
         (h.width <= 1 << 16 and h.height <= 1 << 16, "implausible image size"),
         (1 <= h.tile <= 4096, "implausible tile size"),
         (h.budget_bits >= 1, "implausible channel settings"),
-        (h.sigma_index < 64, "bad pixel-model index"),
         (h.payload_words < 1 << 40 and h.n_steps < 1 << 20 and h.t_end < 1 << 20, "implausible sizes"),
     ]
     for ok, msg in checks:
         if not ok:
             raise FormatError(f"corrupt header ({msg})")
-
-
-def header_dict(h: Header) -> dict:
-    d = {f.name: getattr(h, f.name) for f in fields(h)}
-    d["model_id"] = h.model_id.hex()
-    return d

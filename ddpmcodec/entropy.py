@@ -14,7 +14,6 @@ import constriction
 import numpy as np
 import torch
 
-from .errors import FormatError
 
 _MODELS = constriction.stream.model
 _AnsCoder = constriction.stream.stack.AnsCoder
@@ -97,17 +96,6 @@ def pixel_code_length_bits(pixels: np.ndarray, mean_rows: np.ndarray, sigma_inde
     return float(-np.log2(table[mean_rows, pixels.astype(np.int64)]).sum())
 
 
-def push_pixels(coder, pixels: np.ndarray, mean_rows: np.ndarray, sigma_index: int) -> None:
-    table = pixel_table(sigma_index)
-    coder.encode_reverse(pixels.astype(np.int32).ravel(), _MODELS.Categorical(perfect=False), table[mean_rows.ravel()])
-
-
-def pop_pixels(coder, mean_rows: np.ndarray, sigma_index: int) -> np.ndarray:
-    table = pixel_table(sigma_index)
-    out = coder.decode(_MODELS.Categorical(perfect=False), table[mean_rows.ravel()])
-    return out.astype(np.uint8)
-
-
 def words_to_bytes(words: np.ndarray) -> bytes:
     """Stack words (top last) -> file bytes, top word first, little-endian."""
     return np.ascontiguousarray(words[::-1], dtype="<u4").tobytes()
@@ -119,8 +107,3 @@ def bytes_to_words(data: bytes) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.uint32)
     return np.frombuffer(data[: 4 * n], dtype="<u4")[::-1].astype(np.uint32)
-
-
-def check_symbols_in_range(values: np.ndarray, lo: int, hi: int, what: str) -> None:
-    if values.size and (values.min() < lo or values.max() > hi):
-        raise FormatError(f"{what} out of range [{lo}, {hi}]")

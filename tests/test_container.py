@@ -11,7 +11,7 @@ from ddpmcodec.errors import CodecError, FormatError
 
 def header(**kw) -> container.Header:
     base = dict(mode=0, model_id=b"\x01\x02\x03\x04", width=32, height=32, source_mode=0, tile=32,
-                steps_present=5, lossless=0, prior_kind=1, sigma_index=0, pixel_crc=0, payload_words=3,
+                steps_present=5, lossless=0, prior_kind=1, pixel_crc=0, payload_words=3,
                 **container.DEFAULTS)
     base.update(kw)
     return container.Header(**base)
@@ -30,7 +30,7 @@ def test_default_header_is_compact():
 def test_header_round_trip(w, h, present, lossless, gray, n_steps, t_end, budget, margin, seed, crc, words):
     hd = header(width=w, height=h, steps_present=present, lossless=int(lossless), source_mode=int(gray),
                 n_steps=n_steps, t_end=t_end, budget_bits=budget, margin_bits=margin, seed=seed,
-                sigma_index=0, pixel_crc=crc if lossless else 0, payload_words=words)
+                pixel_crc=crc if lossless else 0, payload_words=words)
     payload = bytes(range(256))[: 4 * words] if words <= 64 else bytes(4 * words)
     parsed = container.unpack(container.pack(hd, payload))
     assert parsed.header == hd and parsed.complete and parsed.payload == payload
