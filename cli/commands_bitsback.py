@@ -1,14 +1,12 @@
 """`ddpmcodec pack | unpack` and `encode/decode --mode bitsback`: lossless bits-back coding of images and sets."""
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import click
 
-from cli.common import check_writable, load, model_options, read_input, show_progress, write_atomic
+from cli.common import check_writable, load, model_options, read_input, show_progress, write_atomic, write_png
 from ddpmcodec.errors import InputError
 
 
@@ -35,20 +33,6 @@ def encode_bitsback(img, model, out: Path, force: bool, n_steps: int, quiet: boo
         click.echo(_summary("", out, res, img.pixels.size, res.seconds) + note, err=True)
 
 
-def _save_png(pixels, path: Path, mode: str, force: bool) -> None:
-    from ddpmcodec.images import save_image
-
-    check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        save_image(pixels, tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def decode_bitsback(data: bytes, model, out: Path, force: bool, quiet: bool) -> None:
     """`decode` of a bits-back file holding one image: writes it as PNG."""
     from ddpmcodec.bitsback import decode_images, file_info
@@ -59,7 +43,7 @@ def decode_bitsback(data: bytes, model, out: Path, force: bool, quiet: bool) -> 
         raise InputError(f"this file holds a set of {n} images; extract it with `ddpmcodec unpack FILE -o DIR`")
     check_writable(out, force)
     res = decode_images(data, model)
-    _save_png(res.images[0], out, res.source_modes[0], force)
+    write_png(res.images[0], out, res.source_modes[0], force)
     if not quiet:
         click.echo(f"-> {out}: exact image (lossless bits-back), {time.perf_counter() - start:.1f} s", err=True)
 
@@ -157,7 +141,7 @@ def unpack(file, output, force, model_spec, allow_pickle, device, quiet):
         res = decode_images(data, model, progress=lambda k, n: bar.update(1))
     out_dir.mkdir(exist_ok=True)
     for pixels, mode, path in zip(res.images, res.source_modes, targets):
-        _save_png(pixels, path, mode, force)
+        write_png(pixels, path, mode, force)
     if not quiet:
         click.echo(f"{file} -> {out_dir}: {len(targets)} images, lossless, {time.perf_counter() - start:.1f} s",
                    err=True)

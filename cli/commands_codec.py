@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import load, model_options, parse_stop, read_input, show_progress, write_atomic
+from cli.common import load, model_options, parse_stop, read_input, show_progress, write_atomic, write_png
 from ddpmcodec.container import DEFAULTS
 from ddpmcodec.errors import InputError
 
@@ -138,10 +138,7 @@ def decode(file, output, force, model_spec, allow_pickle, device, stop_at, frame
         raise InputError("nothing to decode")
     if frames_dir and shots:
         _write_strip(shots, frames_dir)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    save_image(last.pixels, tmp, mode)
-    write_atomic(out, tmp.read_bytes(), force)
-    tmp.unlink()
+    write_png(last.pixels, out, mode, force)
     if not quiet:
         what = "exact image (lossless)" if last.t == 0 else f"x^_0 at t={last.t}"
         partial = "" if parsed.complete else " [partial file]"

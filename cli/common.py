@@ -57,6 +57,13 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
     atomic_write(path, data)
 
 
+def write_png(pixels, path: Path, source_mode: str, force: bool) -> None:
+    """Save (H, W, 3) uint8 pixels as PNG with the same no-clobber, atomic guarantees as write_atomic."""
+    from ddpmcodec.images import png_bytes
+
+    write_atomic(path, png_bytes(pixels, source_mode), force)
+
+
 def read_input(path: str) -> bytes:
     p = Path(path)
     if not p.is_file():

@@ -1,6 +1,7 @@
 """Image I/O and tiling: files <-> uint8 (H, W, 3) arrays <-> model-space tiles (N, 3, R, R)."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,17 @@ def image_to_array(im: Image.Image) -> LoadedImage:
     return LoadedImage(np.asarray(im, dtype=np.uint8).copy(), "RGB", note)
 
 
+def png_bytes(pixels: np.ndarray, source_mode: str = "RGB") -> bytes:
+    """(H, W, 3) uint8 as a PNG file's bytes (grayscale sources as single-channel PNG)."""
+    arr = pixels[:, :, 0] if source_mode == "L" else pixels
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_image(pixels: np.ndarray, path: str | Path, source_mode: str = "RGB") -> None:
     """Write (H, W, 3) uint8 as PNG (grayscale sources as single-channel PNG)."""
-    arr = pixels[:, :, 0] if source_mode == "L" else pixels
-    Image.fromarray(np.ascontiguousarray(arr)).save(path, format="PNG")
+    Path(path).write_bytes(png_bytes(pixels, source_mode))
 
 
 def tile_grid(height: int, width: int, tile: int) -> tuple[int, int]:
