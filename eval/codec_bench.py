@@ -57,20 +57,25 @@ def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: flo
               "coded_over_ideal": coded[j] / ideal[j] if ideal[j] > 0 else None,
               "payload_over_ideal": (coded[j] - coded[0]) / ideal[j] if ideal[j] > 0 else None,
               "psnr_db": None if not np.isfinite(psnr[j]) else float(psnr[j])} for j, t in enumerate(rows["t"])]
+    return {"n_images": n, "image_size": [h, w], "settings": settings.__dict__, **_image_summary(per_image, dims),
+            "header_bytes": int(round(coded[0] / 8)), "target_bpp": target_bpp, "threads": torch.get_num_threads(),
+            "steps": steps, "per_image": per_image}
+
+
+def _image_summary(per_image: list[dict], dims: int) -> dict:
+    """Scalar results from per-image rows: lossless size, target-bpp point, timings (shared by bench and merge)."""
+    n = len(per_image)
     col = lambda k: np.array([p[k] for p in per_image], dtype=np.float64)  # noqa: E731
     enc, unet, dec = col("encode_s"), col("unet_s"), col("decode_s")
     lossless_bpd = col("bytes") * 8 / dims
     return {
-        "n_images": n, "image_size": [h, w], "settings": settings.__dict__,
-        "lossless_bpd": float(lossless_bpd.mean()), "lossless_bpd_stderr": float(lossless_bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+        "lossless_bpd": float(lossless_bpd.mean()),
+        "lossless_bpd_stderr": float(lossless_bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
         "ideal_total_bpd": float(col("ideal_bits").mean() / dims),
         "coded_over_ideal_lossless": float(col("bytes").sum() * 8 / col("ideal_bits").sum()),
-        "header_bytes": int(round(coded[0] / 8)),
-        "target_bpp": target_bpp, "bpp_at_target": float(col("bpp_at_target").mean()),
-        "psnr_at_target_db": float(col("psnr_at_target").mean()),
+        "bpp_at_target": float(col("bpp_at_target").mean()), "psnr_at_target_db": float(col("psnr_at_target").mean()),
         "encode_s_per_image": float(enc.mean()), "unet_share_encode": float(unet.sum() / enc.sum()),
         "decode_s_per_image": float(np.nanmean(dec)) if np.isfinite(dec).any() else None,
-        "threads": torch.get_num_threads(), "steps": steps, "per_image": per_image,
     }
 
 
@@ -86,15 +91,7 @@ def merge(results: list[dict]) -> dict:
     per = [p for r in results for p in r["per_image"]]
     out["per_image"], out["n_images"] = per, len(per)
     dims = results[0]["image_size"][0] * results[0]["image_size"][1] * 3
-    col = lambda k: np.array([p[k] for p in per], dtype=np.float64)  # noqa: E731
-    lossless = col("bytes") * 8 / dims
-    out.update(lossless_bpd=float(lossless.mean()), lossless_bpd_stderr=float(lossless.std(ddof=1) / math.sqrt(len(per))),
-               ideal_total_bpd=float(col("ideal_bits").mean() / dims),
-               coded_over_ideal_lossless=float(col("bytes").sum() * 8 / col("ideal_bits").sum()),
-               bpp_at_target=float(col("bpp_at_target").mean()), psnr_at_target_db=float(col("psnr_at_target").mean()),
-               encode_s_per_image=float(col("encode_s").mean()),
-               unet_share_encode=float(col("unet_s").sum() / col("encode_s").sum()),
-               decode_s_per_image=float(np.nanmean(col("decode_s"))))
+    out.update(_image_summary(per, dims))
     steps = []
     for j, s0 in enumerate(results[0]["steps"]):
         m = {k: float(sum(wi * r["steps"][j][k] for wi, r in zip(w, results))) for k in ("ideal_bpd", "coded_bpd")}
