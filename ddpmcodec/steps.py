@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -37,7 +37,18 @@ class Profile:
 
     def digest(self) -> str:
         """Content hash: the schedule and prior variances depend on it, so it is part of the codec identity."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    # value semantics by content, so equal profiles loaded separately share cached schedules
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Profile) and self.digest() == other.digest()
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
 
 
 def fallback_profile(sched: Schedule) -> Profile:
@@ -91,7 +102,7 @@ def _greedy(sched: Schedule, profile: Profile, t_end: int, prior: str, target: f
 
 
 @lru_cache(maxsize=64)
-def _schedule_cached(digest: str, profile: Profile, config, n_steps: int, t_end: int, prior: str) -> tuple[int, ...]:
+def _schedule_cached(profile: Profile, config, n_steps: int, t_end: int, prior: str) -> tuple[int, ...]:
     sched = Schedule(config)
     lo, hi = 1e-9, expected_skip_kl(sched, profile, sched.T, t_end, prior) + 1.0
     for _ in range(60):  # bisection on the per-step KL target: the largest target giving >= n_steps steps
@@ -115,4 +126,4 @@ def equal_kl_schedule(profile: Profile, n_steps: int, t_end: int, prior: str = "
         raise ValueError("profile does not match the diffusion config")
     if not 1 <= t_end < T:
         raise ValueError(f"t_end must be in [1, {T - 1}], got {t_end}")
-    return list(_schedule_cached(profile.digest(), profile, config, max(1, int(n_steps)), int(t_end), prior))
+    return list(_schedule_cached(profile, config, max(1, int(n_steps)), int(t_end), prior))
