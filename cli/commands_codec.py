@@ -221,7 +221,7 @@ def calibrate(output, force, model_spec, allow_pickle, device, data, limit, seed
     else:
         images, name = load_images(data), Path(data).name
     rng = np.random.default_rng(seed)
-    images = images[np.sort(rng.choice(len(images), min(limit, len(images)), replace=False))]
+    images = images[rng.choice(len(images), min(limit, len(images)), replace=False)]
     model = load(model_spec, allow_pickle, device)
     profile = measure_profile(model, images, data_name=name, seed=seed, progress=show_progress(quiet))
     write_calibrated_model(model, profile, out)
