@@ -120,7 +120,7 @@ def _parse(data: bytes) -> tuple[container.Parsed, SubHeader, int]:
     if h.mode != container.MODE_BITSBACK:
         raise FormatError("this is a progressive .ddpm file; decode it with the progressive decoder")
     if not parsed.complete:
-        raise FormatError(f"truncated file: {len(parsed.payload)} of {4 * h.payload_words} payload bytes "
+        raise FormatError(f"truncated file: {len(parsed.payload)} of {h.payload_bytes} payload bytes "
                           "(bits-back files decode only when complete)")
     sub, offset = read_subheader(parsed.payload, h)
     if offset > len(parsed.payload):

@@ -43,6 +43,7 @@ class StepStat:
     t: int  # the receiver holds x_t after this step
     ideal_bits: float  # KL of this step (0 for x_T); lossless layer: its code length
     bytes_if_stopped: int = 0  # size of the valid file that stops here (what `truncate` writes)
+    stream_bits: int = 0  # bits the steps up to here occupy on the rANS stack (no header, no coder termination)
     psnr: float = float("nan")  # of x^_0 at t against the original (encoder side)
 
 
@@ -118,6 +119,23 @@ class _Chain:
         """Step k's chunk partition: seeded, with as many chunks as the step's transmitted KL asks for."""
         return channel.ChunkLayout.make(len(self.coded), self.n_chunks(q_log_kl), channel.mix_seed(self.seed(k), 0))
 
+    def push_steps(self, coder, symbols: list[tuple[int, np.ndarray, int]]) -> list[int]:
+        """Push the steps' (log-KL, indices, log-KL prediction) so that step 0 ends on top. Returns the stack's
+        valid bits before each step's data: entry k is what lies below step k (len(symbols) + 1 entries)."""
+        marks = [coder.num_valid_bits()]
+        for q, idx, pred in reversed(symbols):
+            law = entropy.zipf_model(self.n_candidates, entropy.zipf_kl_for(q, len(idx), self.h.budget_bits))
+            coder.encode_reverse(np.asarray(idx, np.int32), law)
+            entropy.push_log_kl(coder, np.array([q]), np.array([pred]))
+            marks.append(coder.num_valid_bits())
+        return marks[::-1]
+
+    def stack_bytes(self, symbols: list[tuple[int, np.ndarray, int]]) -> bytes:
+        """Payload of a file holding only these steps: a fresh stack, as trimmed bytes (entropy.stack_to_bytes)."""
+        coder = entropy.new_coder()
+        self.push_steps(coder, symbols)
+        return entropy.stack_to_bytes(coder.get_compressed())
+
     def advance(self, k: int, mu_p: torch.Tensor, var_p: float, layout: channel.ChunkLayout,
                 indices: torch.Tensor) -> torch.Tensor:
         """Rebuild x_s from the step's chunk indices (the same code on both sides)."""
@@ -145,7 +163,7 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> contai
         source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
         n_steps=int(s.n_steps), t_end=int(s.t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
-        pixel_crc=pixel_check(pixels), payload_words=0)
+        pixel_crc=pixel_check(pixels), payload_bytes=0)
 
 
 def pixel_check(pixels: np.ndarray) -> int:
@@ -207,28 +225,24 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         params = pixelmodel.fit(pixels, rows)
         pixelmodel.push(coder, pixels, rows, params)
         stats.append(StepStat(t=0, ideal_bits=pixelmodel.code_length_bits(pixels, rows, params), psnr=float("inf")))
-    marks = [coder.num_words()]
-    for k in reversed(range(len(symbols))):
-        q, idx, pred = symbols[k]
-        coder.encode_reverse(idx, entropy.zipf_model(chain.n_candidates,
-                                                     entropy.zipf_kl_for(q, len(idx), h.budget_bits)))
-        entropy.push_log_kl(coder, np.array([q]), np.array([pred]))
-        marks.append(coder.num_words())
-    marks.reverse()  # marks[k]: words on the stack holding steps k.. (and the x_0 layer)
-    words = coder.get_compressed()
-    h.steps_present, h.lossless, h.payload_words = len(symbols), int(lossless), len(words)
-    data = container.pack(h, entropy.words_to_bytes(words))
+    marks = chain.push_steps(coder, symbols)
+    payload = entropy.stack_to_bytes(coder.get_compressed())
+    h.steps_present, h.lossless, h.payload_bytes = len(symbols), int(lossless), len(payload)
+    data = container.pack(h, payload)
     for k, st in enumerate(stats[: len(symbols) + 1]):
-        st.bytes_if_stopped = truncated_size(h, k, prefix_words(len(words), marks[k]))
+        st.bytes_if_stopped = truncated_size(chain, symbols[:k])
+        st.stream_bits = marks[0] - marks[k]
     if lossless:
-        stats[-1].bytes_if_stopped = len(data)
+        stats[-1].bytes_if_stopped, stats[-1].stream_bits = len(data), marks[0]
     return EncodeResult(data, h, stats, time.perf_counter() - start, chain.unet_seconds)
 
 
-def truncated_size(h: container.Header, steps_present: int, words: int) -> int:
-    """Size of the valid file holding only the first `steps_present` steps (what `truncate` writes)."""
-    cut = container.Header(**{**h.__dict__, "steps_present": steps_present, "lossless": 0, "payload_words": words})
-    return len(container.pack(cut, bytes(4 * words)))
+def truncated_size(chain: _Chain, symbols: list[tuple[int, np.ndarray, int]]) -> int:
+    """Size of the valid file holding only these first steps (what `truncate` and `encode --stop-at` write)."""
+    payload = chain.stack_bytes(symbols)
+    cut = container.Header(**{**chain.h.__dict__, "steps_present": len(symbols), "lossless": 0,
+                              "payload_bytes": len(payload)})
+    return len(container.pack(cut, payload))
 
 
 def prefix_words(total: int, mark: int) -> int:
@@ -255,17 +269,20 @@ class StreamReader:
         last = len(self.chain.steps) - 1
         if h.steps_present > last or (h.lossless and h.steps_present != last):
             raise FormatError("corrupt header (step count does not match the schedule)")
-        self.words = entropy.bytes_to_words(self.parsed.payload)
+        self.words = entropy.bytes_to_stack(self.parsed.payload, h.payload_bytes)
         self.coder = entropy.new_coder(self.words)
+        self.total_words = -(-h.payload_bytes // 4)
+        self.symbols: list[tuple[int, np.ndarray, int]] = []  # popped so far: (log-KL, indices, prediction)
         self.prev_q = self.chain.first_log_kl_prediction() if last > 0 else 0
 
-    def words_needed(self) -> int:
-        """Payload words a valid file needs to hold everything popped so far."""
-        total = self.parsed.header.payload_words
-        return prefix_words(total, total - len(self.words) + self.coder.num_words())
+    def raw_prefix_bytes(self) -> int:
+        """Length of the plain byte prefix of this file that holds everything popped so far."""
+        h = self.parsed.header
+        words = prefix_words(self.total_words, self.total_words - len(self.words) + self.coder.num_words())
+        return self.parsed.header_bytes + entropy.stack_prefix_bytes(h.payload_bytes, words)
 
-    def pop_step(self) -> tuple[int, np.ndarray, bool, int]:
-        """The next coded step's (quantized log-KL, chunk indices, data complete?, words needed so far)."""
+    def pop_step(self) -> tuple[int, np.ndarray, bool]:
+        """The next coded step's (quantized log-KL, chunk indices, data complete?)."""
         chain = self.chain
         q = entropy.pop_log_kl(self.coder, self.prev_q)
         n = chain.n_chunks(q)
@@ -273,9 +290,10 @@ class StreamReader:
             raise FormatError("corrupt payload (implausible chunk count)")
         law = entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, self.parsed.header.budget_bits))
         idx = self.coder.decode(law, n)
+        self.symbols.append((q, idx, self.prev_q))
         self.prev_q = q
         complete = self.parsed.complete or self.coder.num_words() >= 2
-        return q, idx, complete, self.words_needed()
+        return q, idx, complete
 
 
 class DecodedStep(NamedTuple):
@@ -298,28 +316,25 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
     steps = chain.steps
     x_t = chain.x_T()
     limit_t = -1 if stop_at_t is None else stop_at_t
-    bytes_here = truncated_size(h, 0, 0)  # size of the valid file that stops at the current step
+    sizes = [truncated_size(chain, [])]  # sizes[k]: the valid file that stops after k coded steps
     for k in range(h.steps_present + 1):
         t = steps[k]
         eps = chain.eps(x_t, t)
         x0_hat = chain.x0_hat(x_t, t, eps)
         stop = k == h.steps_present or t <= limit_t
         if not stop:
-            q, idx, complete, n_words = reader.pop_step()
-            bytes_next = truncated_size(h, k + 1, n_words)
+            q, idx, complete = reader.pop_step()
             if not complete:
                 stop = True  # a partial file: this step's data is cut off
-            elif stop_at_bytes is not None and bytes_next > stop_at_bytes:
-                stop = True
+            else:
+                sizes.append(truncated_size(chain, reader.symbols))
+                stop = stop_at_bytes is not None and sizes[-1] > stop_at_bytes
         to_exact = stop and k == h.steps_present and h.lossless and parsed.complete and limit_t < t and (
             stop_at_bytes is None or stop_at_bytes >= len(data))
-        if k == h.steps_present and h.lossless and not to_exact:
-            bytes_here = truncated_size(h, k, reader.words_needed())
         if every_step or (stop and not to_exact):
-            yield DecodedStep(t, bytes_here, tiles_to_uint8(x0_hat, h.height, h.width))
+            yield DecodedStep(t, sizes[k], tiles_to_uint8(x0_hat, h.height, h.width))
         if stop:
             break
-        bytes_here = bytes_next
         mu_p, var_p = chain.prior(x_t, t, steps[k + 1], x0_hat)
         x_t = chain.advance(k, mu_p, var_p, chain.layout(k, q), torch.from_numpy(idx.astype(np.int64)))
     if not to_exact:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .errors import FormatError
 
 MAGIC = b"DDP"
-VERSION = 1
+VERSION = 2
 MODEL_ID_BYTES = 4
 CRC_BYTES = 4
 MODE_PROGRESSIVE = 0
@@ -72,7 +72,7 @@ class Header:
     prior_kind: int  # index into PRIOR_KINDS
     seed: int
     pixel_crc: int  # low 16 bits of the CRC-32 of the original pixels (stored only when lossless)
-    payload_words: int  # number of 32-bit words in the complete payload
+    payload_bytes: int  # length of the complete payload
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -86,7 +86,7 @@ class Header:
                  | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom)
         out = io.BytesIO()
         out.write(self.model_id + bytes([flags]))
-        for v in (self.width - 1, self.height - 1, self.tile, self.steps_present, self.payload_words):
+        for v in (self.width - 1, self.height - 1, self.tile, self.steps_present, self.payload_bytes):
             write_varint(out, v)
         if custom:
             for v in (self.n_steps, self.t_end, self.budget_bits << 4 | self.margin_bits, self.seed):
@@ -103,7 +103,7 @@ class Header:
         flags = head[-1]
         if flags & 0xC0:
             raise FormatError("corrupt header (unknown flags)")
-        w, h, tile, present, words = (read_varint(buf) for _ in range(5))
+        w, h, tile, present, size = (read_varint(buf) for _ in range(5))
         settings = dict(DEFAULTS)
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
@@ -117,7 +117,7 @@ class Header:
         return cls(mode=flags & 3, model_id=head[:MODEL_ID_BYTES], width=w + 1, height=h + 1,
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
-                   pixel_crc=crc, payload_words=words, **settings)
+                   pixel_crc=crc, payload_bytes=size, **settings)
 
 
 def _header_check(prefix: bytes) -> bytes:
@@ -129,7 +129,7 @@ def _file_check(prefix: bytes, payload: bytes) -> bytes:
 
 
 def pack(header: Header, payload: bytes) -> bytes:
-    if len(payload) != 4 * header.payload_words:
+    if len(payload) != header.payload_bytes:
         raise ValueError("payload length does not match header")
     prefix = MAGIC + bytes([VERSION]) + header.pack_body()
     return prefix + _header_check(prefix) + _file_check(prefix, payload) + payload
@@ -160,7 +160,7 @@ def unpack(data: bytes) -> Parsed:
     if _header_check(data[:body_end]) != crc[:2]:
         raise FormatError("corrupt file (header check failed)")
     _validate(header)
-    declared = 4 * header.payload_words
+    declared = header.payload_bytes
     if len(payload) > declared:
         raise FormatError("corrupt file (trailing bytes after the payload)")
     complete = len(payload) == declared
@@ -175,7 +175,7 @@ def _validate(h: Header) -> None:
         (h.width <= 1 << 16 and h.height <= 1 << 16, "implausible image size"),
         (1 <= h.tile <= 4096, "implausible tile size"),
         (h.budget_bits >= 1, "implausible channel settings"),
-        (h.payload_words < 1 << 40 and h.n_steps < 1 << 20 and h.t_end < 1 << 20, "implausible sizes"),
+        (h.payload_bytes < 1 << 42 and h.n_steps < 1 << 20 and h.t_end < 1 << 20, "implausible sizes"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -107,3 +107,36 @@ def bytes_to_words(data: bytes) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.uint32)
     return np.frombuffer(data[: 4 * n], dtype="<u4")[::-1].astype(np.uint32)
+
+
+def top_word_bytes(total_bytes: int) -> int:
+    """Bytes of the (trimmed) top word in a stack of `total_bytes` written by :func:`stack_to_bytes` (1..4)."""
+    return total_bytes - 4 * ((total_bytes - 1) // 4) if total_bytes else 0
+
+
+def stack_to_bytes(words: np.ndarray) -> bytes:
+    """Like :func:`words_to_bytes`, but the top word keeps only its significant bytes (at least one).
+
+    The top word is the high end of the coder's final state, so this saves 1.5 bytes per file on average.
+    """
+    if len(words) == 0:
+        return b""
+    top = int(words[-1])
+    n_top = max(1, (top.bit_length() + 7) // 8)
+    return top.to_bytes(n_top, "little") + words_to_bytes(words[:-1])
+
+
+def bytes_to_stack(data: bytes, total_bytes: int) -> np.ndarray:
+    """Inverse of :func:`stack_to_bytes` for the first len(data) of `total_bytes` (a prefix keeps whole words)."""
+    n_top = top_word_bytes(total_bytes)
+    if len(data) < n_top or n_top == 0:
+        return np.zeros(0, dtype=np.uint32)
+    top = np.array([int.from_bytes(data[:n_top], "little")], dtype=np.uint32)
+    return np.concatenate([bytes_to_words(data[n_top:]), top])
+
+
+def stack_prefix_bytes(total_bytes: int, words: int) -> int:
+    """Bytes of a :func:`stack_to_bytes` file holding its top `words` words."""
+    if words <= 0:
+        return 0
+    return top_word_bytes(total_bytes) + 4 * (words - 1)

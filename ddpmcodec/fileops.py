@@ -18,22 +18,27 @@ class StepEntry:
     index: int  # coded steps decoded to reach this point (0 = x_T only)
     t: int  # timestep held after it (0: exact image)
     bytes: int  # size of the valid file that stops here (what `truncate` writes)
-    words: int  # payload words of that file
+    raw_bytes: int  # length of the plain prefix of this file that decodes to here (e.g. a partial download)
+
+
+def _read_table(data: bytes, model) -> tuple[StreamReader, list[StepEntry]]:
+    reader = StreamReader(data, model)
+    parsed, h, chain = reader.parsed, reader.parsed.header, reader.chain
+    table = [StepEntry(0, chain.steps[0], truncated_size(chain, []), parsed.header_bytes)]
+    for k in range(h.steps_present):
+        if not reader.pop_step()[2]:
+            break
+        table.append(StepEntry(k + 1, chain.steps[k + 1], truncated_size(chain, reader.symbols),
+                               reader.raw_prefix_bytes()))
+    if h.lossless and parsed.complete:
+        table.append(StepEntry(h.steps_present + 1, 0, len(data), len(data)))
+    return reader, table
 
 
 def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
     """Every stop point the file offers, with the bytes it needs. Entries past a cut-off prefix are omitted."""
-    reader = StreamReader(data, model)
-    parsed, h, steps = reader.parsed, reader.parsed.header, reader.chain.steps
-    table = [StepEntry(0, steps[0], truncated_size(h, 0, 0), 0)]
-    for k in range(h.steps_present):
-        _, _, complete, n_words = reader.pop_step()
-        if not complete:
-            break
-        table.append(StepEntry(k + 1, steps[k + 1], truncated_size(h, k + 1, n_words), n_words))
-    if h.lossless and parsed.complete:
-        table.append(StepEntry(h.steps_present + 1, 0, len(data), h.payload_words))
-    return parsed, table
+    reader, table = _read_table(data, model)
+    return reader.parsed, table
 
 
 def choose_stop(table: list[StepEntry], stop_at_t: int | None = None, stop_at_bytes: int | None = None) -> StepEntry:
@@ -52,16 +57,20 @@ def choose_stop(table: list[StepEntry], stop_at_t: int | None = None, stop_at_by
 
 
 def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None) -> bytes:
-    """A shorter valid file that decodes exactly like `data` stopped at the chosen step (no re-encoding)."""
-    parsed, table = step_table(data, model)
+    """A shorter valid file that decodes exactly like `data` stopped at the chosen step.
+
+    The kept steps' symbols are re-pushed onto a fresh stack (no network needed), so the result is byte for byte
+    what `encode --stop-at` writes and carries no leftover coder state from the dropped steps.
+    """
+    reader, table = _read_table(data, model)
     entry = choose_stop(table, stop_at_t, stop_at_bytes)
-    h = parsed.header
-    if entry.t == 0:
+    if entry.t == 0 or (entry.index == reader.parsed.header.steps_present and not reader.parsed.header.lossless
+                        and reader.parsed.complete):
         return data
-    payload_bytes = 4 * entry.words
-    new = container.Header(**{**h.__dict__, "steps_present": entry.index, "lossless": 0,
-                              "payload_words": entry.words})
-    return container.pack(new, parsed.payload[:payload_bytes])
+    payload = reader.chain.stack_bytes(reader.symbols[:entry.index])
+    new = container.Header(**{**reader.parsed.header.__dict__, "steps_present": entry.index, "lossless": 0,
+                              "payload_bytes": len(payload)})
+    return container.pack(new, payload)
 
 
 def bitsback_summary_lines(data: bytes) -> list[str]:

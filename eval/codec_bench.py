@@ -5,7 +5,9 @@ bpp, lossless bits/dim, encode/decode time and the share of time outside the U-N
     python -m eval.codec_bench --limit 8 --steps 50 --budget 6              # a quick variant
 
 Ideal and coded come from the same encoder run: 'ideal' is the exact KL of every coded step along the chain the
-encoder actually sampled (plus the x_0 layer's code length), 'coded' is the real file size including the header.
+encoder actually sampled (plus the x_0 layer's code length), 'coded' is the size of the real file that stops there
+(what `truncate` writes: header, payload and coder termination), 'stream' the bits the steps occupy on the rANS
+stack (the channel simulation's cost without the container's fixed bytes).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: flo
         res = encode(images[i], model, settings)
         ideal_cum = np.cumsum([s.ideal_bits for s in res.steps])
         coded = np.array([8 * s.bytes_if_stopped for s in res.steps], dtype=np.float64)
+        stream = np.array([s.stream_bits for s in res.steps], dtype=np.float64)
         psnrs = np.array([s.psnr for s in res.steps])
         dec_s = float("nan")
         if decode_every and i % decode_every == 0:
@@ -48,18 +51,24 @@ def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: flo
                           "unet_s": res.unet_seconds, "decode_s": dec_s, "bpp_at_target": float(bpp[k]),
                           "psnr_at_target": float(psnrs[k]), "t_at_target": res.steps[k].t})
         if rows is None:
-            rows = {"t": [s.t for s in res.steps], "ideal": [], "coded": [], "psnr": []}
+            rows = {"t": [s.t for s in res.steps], "ideal": [], "coded": [], "stream": [], "psnr": []}
         rows["ideal"].append(ideal_cum)
         rows["coded"].append(coded)
+        rows["stream"].append(stream)
         rows["psnr"].append(np.where(np.isinf(psnrs), np.nan, psnrs))
-    ideal, coded, psnr = (np.mean(rows[k], axis=0) for k in ("ideal", "coded", "psnr"))
-    steps = [{"t": t, "ideal_bpd": ideal[j] / dims, "coded_bpd": coded[j] / dims,
-              "coded_over_ideal": coded[j] / ideal[j] if ideal[j] > 0 else None,
-              "payload_over_ideal": (coded[j] - coded[0]) / ideal[j] if ideal[j] > 0 else None,
-              "psnr_db": None if not np.isfinite(psnr[j]) else float(psnr[j])} for j, t in enumerate(rows["t"])]
+    ideal, coded, stream, psnr = (np.mean(rows[k], axis=0) for k in ("ideal", "coded", "stream", "psnr"))
+    steps = [_ratios({"t": t, "ideal_bpd": ideal[j] / dims, "coded_bpd": coded[j] / dims,
+                      "stream_bpd": stream[j] / dims,
+                      "psnr_db": None if not np.isfinite(psnr[j]) else float(psnr[j])}) for j, t in enumerate(rows["t"])]
     return {"n_images": n, "image_size": [h, w], "settings": settings.__dict__, **_image_summary(per_image, dims),
             "header_bytes": int(round(coded[0] / 8)), "target_bpp": target_bpp, "threads": torch.get_num_threads(),
             "steps": steps, "per_image": per_image}
+
+
+def _ratios(step: dict) -> dict:
+    for k in ("coded", "stream"):
+        step[f"{k}_over_ideal"] = step[f"{k}_bpd"] / step["ideal_bpd"] if step["ideal_bpd"] > 0 else None
+    return step
 
 
 def _image_summary(per_image: list[dict], dims: int) -> dict:
@@ -94,13 +103,11 @@ def merge(results: list[dict]) -> dict:
     out.update(_image_summary(per, dims))
     steps = []
     for j, s0 in enumerate(results[0]["steps"]):
-        m = {k: float(sum(wi * r["steps"][j][k] for wi, r in zip(w, results))) for k in ("ideal_bpd", "coded_bpd")}
+        m = {k: float(sum(wi * r["steps"][j][k] for wi, r in zip(w, results)))
+             for k in ("ideal_bpd", "coded_bpd", "stream_bpd")}
         ps = [r["steps"][j]["psnr_db"] for r in results]
         m["psnr_db"] = None if any(p is None for p in ps) else float(sum(wi * p for wi, p in zip(w, ps)))
-        m["coded_over_ideal"] = m["coded_bpd"] / m["ideal_bpd"] if m["ideal_bpd"] > 0 else None
-        head = results[0]["header_bytes"] * 8 / dims
-        m["payload_over_ideal"] = (m["coded_bpd"] - head) / m["ideal_bpd"] if m["ideal_bpd"] > 0 else None
-        steps.append({"t": s0["t"], **m})
+        steps.append(_ratios({"t": s0["t"], **m}))
     out["steps"] = steps
     out["command"] = "; ".join(r.get("command", "") for r in results)
     return out
@@ -113,11 +120,12 @@ def format_table(r: dict) -> str:
              f"PSNR {r['psnr_at_target_db']:.2f} dB",
              f"encode {r['encode_s_per_image']:.2f} s/image (U-Net share {100 * r['unet_share_encode']:.0f}%), "
              f"decode {r['decode_s_per_image'] or float('nan'):.2f} s/image, {r['threads']} threads",
-             "", "| t | ideal bits/dim | coded bits/dim | coded/ideal | PSNR dB |", "|---|---|---|---|---|"]
+             "", "| t | ideal bits/dim | coded bits/dim (file) | coded/ideal | stream/ideal | PSNR dB |",
+             "|---|---|---|---|---|---|"]
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     for s in r["steps"]:
-        ratio = "" if s["coded_over_ideal"] is None else f"{s['coded_over_ideal']:.3f}"
-        ps = "" if s["psnr_db"] is None else f"{s['psnr_db']:.2f}"
-        lines.append(f"| {s['t']} | {s['ideal_bpd']:.4f} | {s['coded_bpd']:.4f} | {ratio} | {ps} |")
+        lines.append(f"| {s['t']} | {s['ideal_bpd']:.4f} | {s['coded_bpd']:.4f} | {fmt(s['coded_over_ideal'], '.3f')} "
+                     f"| {fmt(s['stream_over_ideal'], '.3f')} | {fmt(s['psnr_db'], '.2f')} |")
     return "\n".join(lines)
 
 

@@ -61,13 +61,12 @@ def test_every_prefix_decodes_to_the_full_decodes_intermediate(model, coded):
     full = list(decode_progressive(res.data, model))
     parsed, table = step_table(res.data, model)
     for k, entry in enumerate(table[:-1]):
-        raw_cut = parsed.header_bytes + 4 * entry.words  # a plain byte prefix of the file (e.g. a partial download)
-        out = list(decode_progressive(res.data[:raw_cut], model, every_step=False))
+        out = list(decode_progressive(res.data[:entry.raw_bytes], model, every_step=False))  # a partial download
         assert out[-1].t == entry.t == res.steps[k].t
         np.testing.assert_array_equal(out[-1].pixels, full[k].pixels)
         assert entry.bytes == res.steps[k].bytes_if_stopped
     # an arbitrary cut lands on the last complete step before it
-    cut = parsed.header_bytes + 2 * (table[3].words + table[4].words)
+    cut = (table[3].raw_bytes + table[4].raw_bytes) // 2
     out = list(decode_progressive(res.data[:cut], model, every_step=False))
     assert out[-1].t in (res.steps[3].t, res.steps[4].t)
 
@@ -97,7 +96,20 @@ def test_encoder_stop_at_matches_full_prefix(model, coded):
     full = list(decode_progressive(res.data, model, stop_at_t=t_stop, every_step=False))
     assert out[-1].t == full[-1].t == t_stop
     np.testing.assert_array_equal(out[-1].pixels, full[-1].pixels)
-    assert len(lossy.data) < len(res.data)
+    assert len(lossy.data) < len(res.data) and lossy.steps[-1].bytes_if_stopped == len(lossy.data)
+    assert truncate(res.data, model, stop_at_t=t_stop) == lossy.data  # byte for byte, fresh stack in both
+
+
+def test_truncating_a_partial_download_compacts_it(model, coded):
+    img, res = coded
+    _, table = step_table(res.data, model)
+    k = 6
+    partial = res.data[:table[k].raw_bytes]
+    assert table[k].bytes < table[k].raw_bytes  # no leftover coder state from the steps that were cut
+    small = truncate(partial, model)
+    assert len(small) == table[k].bytes and container.unpack(small).complete
+    np.testing.assert_array_equal(list(decode_progressive(small, model))[-1].pixels,
+                                  list(decode_progressive(partial, model))[-1].pixels)
 
 
 def test_wrong_model_is_refused(tmp_path, coded):
