@@ -182,17 +182,19 @@ def info(file, model_spec, allow_pickle, device, no_steps):
 
 @click.command(name="truncate")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--stop-at", "stop_at", required=True, help="t=N or bytes=N.")
+@click.option("--stop-at", "stop_at", help="t=N or bytes=N [every complete step: repairs a partial download].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output [FILE in place, needs -f].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (or FILE itself).")
 @model_options
 def truncate_cmd(file, stop_at, output, force, model_spec, allow_pickle, device):
-    """Cut a progressive .ddpm file at a coded step without re-encoding; the result is a valid file."""
+    """Cut a progressive .ddpm file at a coded step without running the network; the result is a valid file."""
     from ddpmcodec.fileops import truncate
 
     data = read_input(file)
     stop_t, stop_bytes = parse_stop(stop_at)
     new = truncate(data, load(model_spec, allow_pickle, "cpu"), stop_at_t=stop_t, stop_at_bytes=stop_bytes)
+    if stop_at is None and new == data:
+        raise InputError("the file is complete, so there is nothing to cut; pass --stop-at t=N or bytes=N")
     out = Path(output) if output else Path(file)
     write_atomic(out, new, force)
     click.echo(f"{file} -> {out}: {len(data)} -> {len(new)} bytes", err=True)

@@ -317,6 +317,8 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
     x_t = chain.x_T()
     limit_t = -1 if stop_at_t is None else stop_at_t
     sizes = [truncated_size(chain, [])]  # sizes[k]: the valid file that stops after k coded steps
+    if stop_at_bytes is not None and stop_at_bytes < sizes[0]:
+        raise InputError(f"{stop_at_bytes} bytes is less than the header ({sizes[0]} bytes)")
     for k in range(h.steps_present + 1):
         t = steps[k]
         eps = chain.eps(x_t, t)

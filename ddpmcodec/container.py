@@ -1,4 +1,5 @@
-"""The .ddpm container: a compact binary header followed by the payload (rANS stack words, top first).
+"""The .ddpm container: a compact binary header followed by the payload (rANS stack words, top first; a
+progressive file's top word is trimmed to its significant bytes, see entropy.stack_to_bytes).
 
 Layout: magic b"DDP" | version u8 | model id (4 bytes) | flags u8 | varints | [settings] | [x_0 layer fields]
 | header check (2 bytes) | file check (2 bytes) | payload. Both checks are the low 16 bits of CRC-32: the first

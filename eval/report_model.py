@@ -12,6 +12,7 @@ from dataclasses import asdict
 import numpy as np
 from tqdm import tqdm
 
+from ddpmcodec import container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
 from ddpmcodec.codec import CodecSettings, decode_progressive, encode
 from eval.codec_bench import bench
@@ -105,7 +106,8 @@ def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSetti
     out = []
     bar = tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress)
     for a, b in _chunks(len(images), chunk):
-        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "settings": asdict(settings)}
+        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "settings": asdict(settings),
+                  "format": container.VERSION}  # file sizes depend on the container format
         part = cache.get_json("coded", inputs)
         if part is None:
             part = []
@@ -164,7 +166,7 @@ def strip_frames(model, images: np.ndarray, settings: CodecSettings, want_t: lis
     the file bytes read to reach each frame, original (N, H, W, 3), seconds (compute time, scalar).
     """
     inputs = {"model": model.identity, "images": image_digest(images), "settings": asdict(settings),
-              "want_t": list(want_t)}
+              "want_t": list(want_t), "format": container.VERSION}
     hit = cache.get_npz("strip", inputs)
     if hit is not None:
         return hit

@@ -91,6 +91,21 @@ def test_stop_at_truncate_and_frames(env):
     assert "lossy" in res.output
 
 
+def test_truncate_repairs_a_partial_download_and_refuses_a_no_op(env):
+    d, model, _ = env
+    run("encode", d / "img.png", "-o", d / "dl.ddpm", "--model", model, *FAST, "-q", "-f")
+    full = (d / "dl.ddpm").read_bytes()
+    (d / "part.ddpm").write_bytes(full[: len(full) // 3])
+    run("truncate", d / "part.ddpm", "-o", d / "fixed.ddpm", "--model", model)
+    assert "PARTIAL" not in run("info", d / "fixed.ddpm", "--model", model).output
+    assert len((d / "fixed.ddpm").read_bytes()) < len(full) // 3
+    one_line_error(run("truncate", d / "dl.ddpm", "-o", d / "same.ddpm", "--model", model, ok=False))
+    assert not (d / "same.ddpm").exists()
+    one_line_error(run("decode", d / "dl.ddpm", "--stop-at", "bytes=5", "-o", d / "tiny.png", "--model", model,
+                       ok=False))
+    assert not (d / "tiny.png").exists()
+
+
 def test_bad_inputs_give_one_line_errors(env, tmp_path):
     d, model, _ = env
     (tmp_path / "notimage.png").write_bytes(b"hello, not an image")
