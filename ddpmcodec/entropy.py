@@ -62,38 +62,40 @@ def quantize_log_kl(kl_bits: float) -> int:
     return int(min(max(q, LOG_KL_MIN), LOG_KL_MAX))
 
 
-def sigma_from_index(index: int) -> float:
-    """Pixel-model standard deviation in grey levels for a 6-bit table index (0.25 .. ~60 levels)."""
-    return 0.25 * 2.0 ** (index / 8.0)
+def sigma_from_index(index: np.ndarray | int) -> np.ndarray:
+    """Pixel-model standard deviation in grey levels for 6-bit table indices (0.25 .. ~60 levels)."""
+    return 0.25 * 2.0 ** (np.asarray(index, np.float64) / 8.0)
 
 
-@lru_cache(maxsize=8)
-def pixel_table(sigma_index: int) -> np.ndarray:
-    """(256 * 8 + 1, 256) float64 probabilities of pixel values for each quantized mean m/8, m = 0..2048.
-
-    Eq. 13 in grey levels: N(mean, sigma^2) integrated over [k - 0.5, k + 0.5], edge bins extended to +-inf.
-    """
+def _pixel_cdf(edges: np.ndarray, mean_rows: np.ndarray, sigma_index: np.ndarray) -> np.ndarray:
+    means = np.clip(np.asarray(mean_rows, np.float64) / PIXEL_MEAN_GRID - 0.5, 0.0, 255.0)
     sigma = sigma_from_index(sigma_index)
-    means = np.arange(256 * PIXEL_MEAN_GRID + 1, dtype=np.float64)[:, None] / PIXEL_MEAN_GRID - 0.5
-    means = np.clip(means, 0.0, 255.0)
-    edges = np.arange(257, dtype=np.float64) - 0.5
-    cdf = torch.special.ndtr(torch.from_numpy((edges[None, :] - means) / sigma)).numpy()
+    return torch.special.ndtr(torch.from_numpy((edges - means[..., None]) / sigma[..., None])).numpy()
+
+
+def pixel_probs(mean_rows: np.ndarray, sigma_index: np.ndarray) -> np.ndarray:
+    """(N, 256) float64 probabilities of pixel values for N quantized means (rows m: mean m/8 - 1/2 grey levels)
+    and scale indices: eq. 13 in grey levels, N(mean, sigma^2) over [k - 0.5, k + 0.5], edge bins to +-inf."""
+    cdf = _pixel_cdf(np.arange(257, dtype=np.float64) - 0.5, mean_rows, sigma_index)
     cdf[:, 0], cdf[:, -1] = 0.0, 1.0
-    probs = np.diff(cdf, axis=1)
-    probs = np.maximum(probs, 1e-12)
+    probs = np.maximum(np.diff(cdf, axis=1), 1e-12)
     return probs / probs.sum(axis=1, keepdims=True)
 
 
 def quantize_pixel_means(means: np.ndarray) -> np.ndarray:
-    """Float means in grey levels -> integer rows of :func:`pixel_table` (grid 1/8, clipped)."""
+    """Float means in grey levels -> integer mean rows (grid 1/8, clipped)."""
     q = np.floor((np.asarray(means, np.float64) + 0.5) * PIXEL_MEAN_GRID + 0.5)
     return np.clip(q, 0, 256 * PIXEL_MEAN_GRID).astype(np.int64)
 
 
-def pixel_code_length_bits(pixels: np.ndarray, mean_rows: np.ndarray, sigma_index: int) -> float:
-    """Ideal code length of pixels (uint8, flat) under the quantized pixel model."""
-    table = pixel_table(sigma_index)
-    return float(-np.log2(table[mean_rows, pixels.astype(np.int64)]).sum())
+def pixel_bits(pixels: np.ndarray, mean_rows: np.ndarray, sigma_index: np.ndarray | int) -> float:
+    """Code length in bits of flat uint8 pixels under :func:`pixel_probs` (up to its 1e-12 floor)."""
+    k = pixels.astype(np.float64)
+    sigma_index = np.broadcast_to(sigma_index, k.shape)
+    cdf = _pixel_cdf(np.stack([k - 0.5, k + 0.5], -1), mean_rows, sigma_index)
+    lo = np.where(k == 0, 0.0, cdf[:, 0])
+    hi = np.where(k == 255, 1.0, cdf[:, 1])
+    return float(-np.log2(np.maximum(hi - lo, 1e-12)).sum())
 
 
 def words_to_bytes(words: np.ndarray) -> bytes:
