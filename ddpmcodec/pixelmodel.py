@@ -6,7 +6,8 @@ pixel (R before G before B). With it the whole lossless file on the first 6 dev 
 4.749 bits/dim (`python -m eval.codec_bench --limit 6`, before and after).
 The scale adapts per sub-pixel: its index in entropy.sigma_from_index is the channel's base index plus
 alpha/32 times a context, the sum of two integer log2 measures, of how much x^_0 changes around the pixel (denoising
-errors grow at edges) and of the left and upper neighbours' decoded residuals (errors cluster).
+errors grow at edges) and of the left and upper neighbours' decoded residuals (errors cluster): on dev images
+100-107 the lossless files went from 4.636 to 4.571 bits/dim (`--limit 8 --offset 100`, before and after).
 Everything a mean or a scale depends on is an integer (means in 1/8 grey level, coefficients in 1/32), so encoder
 and decoder compute identical probabilities. Coefficients, base scales and alpha are fitted per file (least squares,
 then the scales with the shortest code) and sent on the stack just before the pixels: 95 bits.

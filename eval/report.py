@@ -85,9 +85,9 @@ def read_bitsback(path: str | Path) -> dict:
     try:
         r = json.loads(p.read_text())
         m = r["set_run"]
+        extra = f"extrapolated to a 500-image file {r['extrapolated_500']['bpd']:.3f}; " if m["images"] < 500 else ""
         note = (f"whole file incl. the initial seed bits, one file for {m['images']} images; net (file − seed) "
-                f"{m['net_bpd']:.3f}; extrapolated to a 500-image file {r['extrapolated_500']['bpd']:.3f}; "
-                f"{r['steps']} coded steps; from {p}")
+                f"{m['net_bpd']:.3f}; {extra}{r['steps']} coded steps; from {p}")
         return {**row, "bpd": float(m["bpd"]), "net_bpd": float(m["net_bpd"]), "n_images": int(m["images"]),
                 "note": note}
     except (OSError, ValueError, KeyError, TypeError) as exc:
