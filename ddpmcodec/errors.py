@@ -19,3 +19,9 @@ class DeterminismError(CodecError):
 
 class InputError(CodecError):
     """An input image or option the codec cannot use."""
+
+
+def one_line(e: Exception) -> str:
+    """'TypeName: first line of the message', for wrapping a library's exception into a one-line error."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from ddpmcodec.diffusion import DiffusionConfig
 from ddpmcodec.errors import InputError
-from ddpmcodec.model_io import (FORMAT_TAG, compute_identity, diffusers_to_pytorch_diffusion, load_model,
-                                save_model, unet_config_from_diffusers)
+from ddpmcodec.model_io import FORMAT_TAG, compute_identity, load_model, save_model
+from ddpmcodec.weight_layouts import diffusers_to_pytorch_diffusion, unet_config_from_diffusers
 from ddpmcodec.testing import random_unet
 from ddpmcodec.unet import UNet, UNetConfig
 
