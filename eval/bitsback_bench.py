@@ -152,24 +152,27 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 def markdown(r: dict) -> str:
     n, dims1 = r["limit"], r["dims_per_image"]
     base = r["baselines"]
+    n_all = max((len(b["bytes"]) for b in base.values()), default=n)
+    whole = n >= n_all  # the set file already holds every image: no extrapolated column
     lines = [f"Model `{r['model']}` ({r['model_identity'][:8]}), {r['steps']} coded steps (schedule: "
              f"{r['coded_steps']} levels down to t={r['t_end']}), dev test images 0..{n - 1}; bits/dim of whole files.",
              "",
-             f"| codec | 1 image | {n} images | 500 images | encode s/img | decode s/img |",
-             "|---|---|---|---|---|---|"]
+             f"| codec | 1 image | {n} images |{'' if whole else f' {n_all} images |'} encode s/img | decode s/img |",
+             "|---|---|---|---|---|" + ("" if whole else "---|")]
     for name, label in (("png", "PNG (pillow, optimize, level 9)"), ("webp_lossless", "WebP lossless (method 6)"),
                         ("jpegxl_lossless", "JPEG-XL lossless (effort 9)")):
         if name in base:
             b = base[name]["bytes"]
+            rest = "" if whole else f" {8 * sum(b) / (len(b) * dims1):.3f} |"
             lines.append(f"| {label} | {8 * np.mean(b[:r['single']]) / dims1:.3f} | "
-                         f"{8 * sum(b[:n]) / (n * dims1):.3f} | "
-                         f"{8 * sum(b) / (len(b) * dims1):.3f} | {base[name]['seconds_per_image']:.4f} | – |")
+                         f"{8 * sum(b[:n]) / (n * dims1):.3f} |{rest} {base[name]['seconds_per_image']:.4f} | – |")
     s, m = r["single_run"], r["set_run"]
     ext = r["extrapolated_500"]
-    lines.append(f"| bits-back, one image per file (grid {s['grid_bits']}) | {s['bpd_mean']:.3f} | – | – | "
-                 f"{s['encode_s_per_image']:.2f} | {s['decode_s_per_image']:.2f} |")
-    lines.append(f"| bits-back, one file for the set (grid {m['settings']['grid_bits']}) | – | {m['bpd']:.3f} | "
-                 f"{ext['bpd']:.3f} (extrapolated) | {m['encode_s_per_image']:.2f} | {m['decode_s_per_image']:.2f} |")
+    lines.append(f"| bits-back, one image per file (grid {s['grid_bits']}) | {s['bpd_mean']:.3f} | – |"
+                 f"{'' if whole else ' – |'} {s['encode_s_per_image']:.2f} | {s['decode_s_per_image']:.2f} |")
+    extrapolated = "" if whole else f" {ext['bpd']:.3f} (extrapolated) |"
+    lines.append(f"| bits-back, one file for the set (grid {m['settings']['grid_bits']}) | – | {m['bpd']:.3f} |"
+                 f"{extrapolated} {m['encode_s_per_image']:.2f} | {m['decode_s_per_image']:.2f} |")
     lines += ["", "Bits-back accounting for the set file (bits/dim):", "",
               "| quantity | value |", "|---|---|",
               f"| whole file ({m['bytes']} bytes) | {m['bpd']:.4f} |",
@@ -185,7 +188,8 @@ def markdown(r: dict) -> str:
                   f"{r['nelbo_indep_se']:.4f} |",
                   f"| net - NELBO (independent), paired ± s.e. | {r['net_minus_nelbo_indep'][0]:+.4f} ± "
                   f"{r['net_minus_nelbo_indep'][1]:.4f} |"]
-    lines.append(f"| 500-image file, extrapolated: seed + 500 x mean net image + overhead | {ext['bpd']:.4f} |")
+    if not whole:
+        lines.append(f"| 500-image file, extrapolated: seed + 500 x mean net image + overhead | {ext['bpd']:.4f} |")
     for title, key in (("Order comparison (same images, one file each)", "order_runs"),
                        ("Grid sweep (Bit-Swap, one file for the images)", "grid_runs"),
                        ("Coded steps (Bit-Swap)", "steps_runs")):
