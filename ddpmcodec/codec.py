@@ -23,8 +23,6 @@ from .errors import DeterminismError, FormatError, InputError, ModelMismatchErro
 from .images import psnr, tiles_to_uint8, to_tiles
 from .steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
-EPS_BATCH = 64  # tiles per network call
-
 
 @dataclass(frozen=True)
 class CodecSettings:
@@ -91,11 +89,9 @@ class _Chain:
 
     def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         start = time.perf_counter()
-        dev = self.model.device
-        outs = [self.model.eps_reproducible(x[i:i + EPS_BATCH].to(dev), t).float().cpu()
-                for i in range(0, len(x), EPS_BATCH)]
+        out = self.model.eps_reproducible(x, t).float()
         self.unet_seconds += time.perf_counter() - start
-        return torch.cat(outs)
+        return out
 
     def x0_hat(self, x_t: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
         return predict_x0(self.sched, x_t, eps, t).clamp(-1.0, 1.0)

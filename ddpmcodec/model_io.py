@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,8 @@ BUNDLED_MODEL_NAME = "ddpm-cifar10-ch64"
 BUNDLED_MODEL_FILE = f"{BUNDLED_MODEL_NAME}.safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _IDENTITY_TAG = b"ddpmcodec-identity/1\0"
+REPRODUCIBLE_GROUP = 16  # samples per CPU network call in eps_reproducible: part of the codecs' numerics
+DEVICE_GROUP = 256  # the same on other devices (GPU files decode exactly only on the same kind of device)
 
 
 @dataclass
@@ -63,21 +66,32 @@ class DiffusionModel:
         with torch.inference_mode():
             return self.net(x.to(self.device, torch.float32), steps)
 
-    def eps_reproducible(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """:meth:`eps` with outputs that do not depend on the machine's core count.
+    def eps_reproducible(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """:meth:`eps` for x (B, C, H, W) at one t, returned on x's device, with outputs that do not depend on the
+        machine's core count.
 
-        CPU kernels split reductions by thread count, so the same input gives last-digit differences on machines
-        with different core counts; codecs whose probabilities depend on network outputs need identical results.
-        On CPU this runs with one thread (restoring the caller's setting afterwards).
+        CPU kernels split reductions by thread count and pick algorithms by batch size, so the same input can give
+        last-digit differences; codecs whose probabilities depend on network outputs need identical results. So
+        the batch is cut into fixed groups of REPRODUCIBLE_GROUP samples, each evaluated on one CPU thread; groups
+        run concurrently on up to torch.get_num_threads() worker threads (identical results for any count; the
+        caller's thread setting is restored). Other devices use groups of DEVICE_GROUP.
         """
+        size = REPRODUCIBLE_GROUP if self.device.type == "cpu" else DEVICE_GROUP
+        groups = [x[i:i + size] for i in range(0, len(x), size)]
         if self.device.type != "cpu":
-            return self.eps(x, t)
+            return torch.cat([self.eps(g, t).to(x.device) for g in groups])
+        workers = min(torch.get_num_threads(), len(groups))
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self.eps(x, t)
+            if workers <= 1:
+                outs = [self.eps(g, t) for g in groups]
+            else:
+                with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                    outs = list(pool.map(lambda g: self.eps(g, t), groups))
         finally:
             torch.set_num_threads(before)
+        return torch.cat(outs).to(x.device)
 
     def to(self, device: str | torch.device) -> "DiffusionModel":
         """Move the network to ``device`` (in place); returns self."""

@@ -199,3 +199,27 @@ def test_lossless_decode_does_not_depend_on_the_thread_count(tmp_path):
         torch.set_num_threads(before)
     np.testing.assert_array_equal(out.pixels, img)
     assert torch.get_num_threads() == before
+
+
+def test_reproducible_eps_is_the_same_for_any_worker_count():
+    """Multi-tile images run fixed groups of tiles on parallel one-thread workers: the outputs must not depend on
+    how many workers the machine offers (the bundled model is big enough for thread count to change conv sums)."""
+    import torch
+
+    from ddpmcodec.model_io import REPRODUCIBLE_GROUP, load_model
+
+    model = load_model("default")
+    x = torch.randn(2 * REPRODUCIBLE_GROUP + 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            outs.append(model.eps_reproducible(x, 37))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+    by_group = torch.cat([model.eps_reproducible(x[i:i + REPRODUCIBLE_GROUP], 37)
+                          for i in range(0, len(x), REPRODUCIBLE_GROUP)])
+    assert torch.equal(outs[0], by_group)
