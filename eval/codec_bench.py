@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
     settings = CodecSettings(n_steps=args.steps, t_end=args.t_end, budget_bits=args.budget,
                              margin_bits=args.margin, prior=args.prior, seed=args.seed)
     r = bench(model, images, settings, target_bpp=args.target_bpp, decode_every=args.decode_every)
-    r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(argv or [])
+    r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"s{args.steps}_e{args.t_end}_b{args.budget}_m{args.margin}_{args.prior}_o{args.offset}_n{len(images)}"
