@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import DeterminismError
+from .parallel import map_one_thread_each
 
 MASK64 = (1 << 64) - 1
 BLOCK = 64  # candidates generated per generator call
@@ -103,24 +104,42 @@ def _segment_candidates(step_seed: int, layout: ChunkLayout, segment: int, block
     return torch.randn(BLOCK, n_in_seg, d_max, generator=_gen(mix_seed(step_seed, 1, segment, block)))
 
 
-def _block_candidates(step_seed: int, layout: ChunkLayout, block: int) -> torch.Tensor:
-    """All chunks' candidates of one block: (BLOCK, n_chunks, d_max)."""
-    n_seg = math.ceil(layout.n_chunks / layout.chunks_per_segment)
-    return torch.cat([_segment_candidates(step_seed, layout, g, block) for g in range(n_seg)], dim=1)
+def _segments_candidates(step_seed: int, layout: ChunkLayout, segments: range, block: int) -> torch.Tensor:
+    """Candidates of one block for the chunks of `segments`: (BLOCK, their chunks, d_max)."""
+    return torch.cat([_segment_candidates(step_seed, layout, g, block) for g in segments], dim=1)
 
 
-def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: float, n_candidates: int) -> torch.Tensor:
+def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: float, n_candidates: int,
+               workers: int = 1) -> torch.Tensor:
     """Sender side: PFR index per chunk, int64 (n_chunks,).
 
     delta: (D,) float32, (mu_p - mu_q) / sigma_q per coded dimension; ratio = sigma_p / sigma_q (>= 1 here).
     log q/p at x = mu_p + sigma_p z equals sum_j [(1 - r^2)/2 z_j^2 - r delta_j z_j] + const, so only that score
     matters. Stops early once no later candidate can win (arrival times only grow; the score is bounded).
+    Segments are independent, so with workers > 1 contiguous runs of segments are searched on parallel threads;
+    the indices are the same for any worker count.
     """
-    r = float(ratio)
-    a = 0.5 * (1.0 - r * r)
+    n_seg = math.ceil(layout.n_chunks / layout.chunks_per_segment)
+    workers = max(1, min(workers, n_seg))
+    bounds = [round(i * n_seg / workers) for i in range(workers + 1)]
+    runs = [range(bounds[i], bounds[i + 1]) for i in range(workers)]
     dl = layout.gather(delta.float())  # (n_chunks, d_max)
-    maskf = layout.mask.float()
-    n_chunks = layout.n_chunks
+    if workers == 1:
+        return _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates, runs[0])
+    parts = map_one_thread_each(lambda run: _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates,
+                                                                 run), runs, workers)
+    return torch.cat(parts)
+
+
+def _pfr_select_segments(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, r: float, n_candidates: int,
+                         segments: range) -> torch.Tensor:
+    """pfr_select for the chunks of `segments` (a contiguous run): their indices, int64."""
+    cps = layout.chunks_per_segment
+    lo, hi = segments.start * cps, min(layout.n_chunks, segments.stop * cps)
+    a = 0.5 * (1.0 - r * r)
+    dl = dl[lo:hi]
+    maskf = layout.mask[lo:hi].float()
+    n_chunks = hi - lo
     if r > 1.0 + 1e-9:
         upper = (r * r * dl.double() ** 2).sum(1) / (2.0 * (r * r - 1.0))
     else:
@@ -128,12 +147,12 @@ def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: 
     best = torch.full((n_chunks,), math.inf, dtype=torch.float64)
     best_idx = torch.zeros(n_chunks, dtype=torch.long)
     arrivals = torch.zeros(n_chunks, dtype=torch.float64)
-    arrival_gen = _gen(mix_seed(step_seed, 2))
+    arrival_gen = _gen(mix_seed(step_seed, 2))  # one stream for all chunks; each run takes its columns
     n_blocks = math.ceil(n_candidates / BLOCK)
     for b in range(n_blocks):
-        z = _block_candidates(step_seed, layout, b)  # (BLOCK, n_chunks, d_max)
+        z = _segments_candidates(step_seed, layout, segments, b)  # (BLOCK, n_chunks, d_max)
         score = a * (z * z * maskf).sum(-1) - r * (z * dl).sum(-1)  # (BLOCK, n_chunks)
-        exp = torch.empty(BLOCK, n_chunks, dtype=torch.float64).exponential_(generator=arrival_gen)
+        exp = torch.empty(BLOCK, layout.n_chunks, dtype=torch.float64).exponential_(generator=arrival_gen)[:, lo:hi]
         times = arrivals + torch.cumsum(exp, 0)
         arrivals = times[-1]
         val = torch.log(times) - score.double()

@@ -205,7 +205,8 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         q = entropy.quantize_log_kl(kl_bits)
         layout = chain.layout(k, q)
         delta = ((mu_p - mu_q).flatten()[chain.coded] / math.sqrt(var_q)).float()
-        indices = channel.pfr_select(chain.seed(k), layout, delta, math.sqrt(var_p / var_q), chain.n_candidates)
+        indices = channel.pfr_select(chain.seed(k), layout, delta, math.sqrt(var_p / var_q), chain.n_candidates,
+                                     workers=torch.get_num_threads())
         symbols.append((q, indices.numpy().astype(np.int32), prev_q))
         prev_q = q
         x_t = chain.advance(k, mu_p, var_p, layout, indices)

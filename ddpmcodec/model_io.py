@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from .diffusion import DiffusionConfig, net_timestep
 from .errors import InputError, one_line
+from .parallel import map_one_thread_each
 from .unet import UNet, UNetConfig
 from .weight_layouts import diffusers_to_pytorch_diffusion, infer_unet_config, unet_config_from_diffusers
 
@@ -80,17 +80,7 @@ class DiffusionModel:
         groups = [x[i:i + size] for i in range(0, len(x), size)]
         if self.device.type != "cpu":
             return torch.cat([self.eps(g, t).to(x.device) for g in groups])
-        workers = min(torch.get_num_threads(), len(groups))
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            if workers <= 1:
-                outs = [self.eps(g, t) for g in groups]
-            else:
-                with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                    outs = list(pool.map(lambda g: self.eps(g, t), groups))
-        finally:
-            torch.set_num_threads(before)
+        outs = map_one_thread_each(lambda g: self.eps(g, t), groups, torch.get_num_threads())
         return torch.cat(outs).to(x.device)
 
     def to(self, device: str | torch.device) -> "DiffusionModel":

@@ -63,3 +63,15 @@ def test_too_few_candidates_bias_towards_p():
 
 def test_candidate_generator_known_answer():
     channel.check_candidate_generator()  # raises if this torch build draws different candidates
+
+
+@pytest.mark.parametrize("n_dims,n_chunks,ratio", [(20000, 900, 1.3), (9000, 40, 1.0), (5000, 3, 2.0)])
+def test_parallel_selection_equals_serial(n_dims, n_chunks, ratio):
+    """Segments are searched on parallel threads for large images; the indices must not depend on the count."""
+    lay = channel.ChunkLayout.make(n_dims, n_chunks, seed=11)
+    delta = torch.randn(n_dims, generator=torch.Generator().manual_seed(1)) * 0.7
+    serial = channel.pfr_select(5, lay, delta, ratio, 256)
+    for workers in (2, 3):
+        torch.testing.assert_close(channel.pfr_select(5, lay, delta, ratio, 256, workers=workers), serial, rtol=0,
+                                   atol=0)
+    assert math.ceil(lay.n_chunks / lay.chunks_per_segment) >= 2  # really more than one segment

@@ -1,0 +1,28 @@
+"""Run independent pieces of torch CPU work on threads, each with one intra-op thread.
+
+One-thread kernels give the same numbers on any machine, and the threads share the cores instead of
+oversubscribing them (n workers x n OpenMP threads). The caller's torch thread setting is restored afterwards.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_one_thread_each(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """[fn(x) for x in items], on up to `workers` threads that each run torch with one intra-op thread."""
+    workers = max(1, min(workers, len(items)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(before)
