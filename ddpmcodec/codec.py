@@ -234,12 +234,18 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
     return EncodeResult(data, h, stats, time.perf_counter() - start, chain.unet_seconds)
 
 
-def truncated_size(chain: _Chain, symbols: list[tuple[int, np.ndarray, int]]) -> int:
-    """Size of the valid file holding only these first steps (what `truncate` and `encode --stop-at` write)."""
+def truncated_file(chain: _Chain, symbols: list[tuple[int, np.ndarray, int]]) -> bytes:
+    """The valid lossy file holding only these first steps, on a fresh stack (what `truncate` and
+    `encode --stop-at` write)."""
     payload = chain.stack_bytes(symbols)
     cut = container.Header(**{**chain.h.__dict__, "steps_present": len(symbols), "lossless": 0,
                               "payload_bytes": len(payload)})
-    return len(container.pack(cut, payload))
+    return container.pack(cut, payload)
+
+
+def truncated_size(chain: _Chain, symbols: list[tuple[int, np.ndarray, int]]) -> int:
+    """Size of :func:`truncated_file`."""
+    return len(truncated_file(chain, symbols))
 
 
 def prefix_words(total: int, mark: int) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 
 from . import container
-from .codec import StreamReader, truncated_size
+from .codec import StreamReader, truncated_file, truncated_size
 from .errors import InputError
 
 
@@ -67,10 +67,7 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
     if entry.t == 0 or (entry.index == reader.parsed.header.steps_present and not reader.parsed.header.lossless
                         and reader.parsed.complete):
         return data
-    payload = reader.chain.stack_bytes(reader.symbols[:entry.index])
-    new = container.Header(**{**reader.parsed.header.__dict__, "steps_present": entry.index, "lossless": 0,
-                              "payload_bytes": len(payload)})
-    return container.pack(new, payload)
+    return truncated_file(reader.chain, reader.symbols[:entry.index])
 
 
 def bitsback_summary_lines(data: bytes) -> list[str]:
