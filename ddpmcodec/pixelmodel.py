@@ -105,11 +105,11 @@ def neighbour_change(rows_c: np.ndarray) -> np.ndarray:
             + np.abs(p[1:-1, 2:] - centre))
 
 
-def scale_index(params: PixelParams, c: int, change: np.ndarray, left: np.ndarray, up: np.ndarray) -> np.ndarray:
+def scale_index(base: int, alpha: int, change: np.ndarray, left: np.ndarray, up: np.ndarray) -> np.ndarray:
     """Per sub-pixel scale index: base + alpha/32 * (log8(8 + change) + log8(8 + |left| + |up|) - 48), where left and
     up are the neighbours' residuals (1/8 grey levels, 0 outside the image); the context is 0 in flat, exact areas."""
     ctx = log8(8 + change) + log8(8 + np.abs(left) + np.abs(up)) - 48
-    return np.clip(params.sigma[c] + (params.alpha * ctx) // ALPHA_DENOM, 0, entropy.SIGMA_TABLE_SIZE - 1)
+    return np.clip(base + (alpha * ctx) // ALPHA_DENOM, 0, entropy.SIGMA_TABLE_SIZE - 1)
 
 
 def _scale_inputs(rows: np.ndarray, r8: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,7 +130,7 @@ def fit(pixels: np.ndarray, rows: np.ndarray) -> PixelParams:
 
     def best_base(c: int, alpha: int) -> tuple[float, int]:
         pix, cond = pixels[..., c].ravel(), conds[c]
-        extra = scale_index(PixelParams((0, 0, 0), tuple(coefs), alpha), c, *inputs[c])
+        extra = scale_index(0, alpha, *inputs[c])
         resid = (pix - (cond / entropy.PIXEL_MEAN_GRID - 0.5)) / 2.0 ** (extra / 8.0)
         guess = int(round(8 * math.log2(max(float(np.sqrt(np.mean(resid ** 2))), 0.25) / 0.25)))
         cands = range(max(0, guess - 4), min(entropy.SIGMA_TABLE_SIZE, guess + 5))
@@ -150,7 +150,7 @@ def fit(pixels: np.ndarray, rows: np.ndarray) -> PixelParams:
 
 
 def _all_scales(rows: np.ndarray, r8: np.ndarray, params: PixelParams) -> np.ndarray:
-    return np.stack([scale_index(params, c, *_scale_inputs(rows, r8, c)) for c in range(3)], -1)
+    return np.stack([scale_index(params.sigma[c], params.alpha, *_scale_inputs(rows, r8, c)) for c in range(3)], -1)
 
 
 def code_length_bits(pixels: np.ndarray, rows: np.ndarray, params: PixelParams) -> float:
@@ -211,7 +211,8 @@ def pop(coder, rows: np.ndarray) -> np.ndarray:
                 acc += params.coefs[k0 + k] * _known(r8, i + dy, j + dx, ch)
             cond = np.clip(rows[i, j, c] + np.floor_divide(acc + COEF_DENOM // 2, COEF_DENOM), 0,
                            256 * entropy.PIXEL_MEAN_GRID)
-            scale = scale_index(params, c, change[i, j, c], _known(r8, i, j - 1, c), _known(r8, i - 1, j, c))
+            scale = scale_index(params.sigma[c], params.alpha, change[i, j, c], _known(r8, i, j - 1, c),
+                                _known(r8, i - 1, j, c))
             vals = coder.decode(entropy._MODELS.Categorical(perfect=False),
                                 entropy.pixel_probs(cond, scale)).astype(np.int64)
             pixels[i, j, c] = vals
