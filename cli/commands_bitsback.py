@@ -23,7 +23,7 @@ def _summary(what: str, out, res, dims: int, seconds: float) -> str:
 
 def encode_bitsback(img, model, out: Path, force: bool, n_steps: int, quiet: bool, **settings) -> None:
     """`encode --mode bitsback`: one image (a LoadedImage) into a bits-back .ddpm file."""
-    from ddpmcodec.bitsback import BitsBackSettings, encode_image
+    from ddpmcodec.bitsback.codec import BitsBackSettings, encode_image
 
     check_writable(out, force)
     res = encode_image(img.pixels, model, BitsBackSettings(n_steps=n_steps, **settings), source_mode=img.source_mode)
@@ -35,7 +35,7 @@ def encode_bitsback(img, model, out: Path, force: bool, n_steps: int, quiet: boo
 
 def decode_bitsback(data: bytes, model, out: Path, force: bool, quiet: bool) -> None:
     """`decode` of a bits-back file holding one image: writes it as PNG."""
-    from ddpmcodec.bitsback import decode_images, file_info
+    from ddpmcodec.bitsback.codec import decode_images, file_info
 
     start = time.perf_counter()
     n = file_info(data)["images"]
@@ -93,7 +93,7 @@ def _output_names(names: list[str] | None, n: int) -> list[str]:
 def pack(folder, output, force, model_spec, allow_pickle, device, n_steps, t_end, grid_bits, order, seed,
          no_names, quiet):
     """Code every image in FOLDER losslessly into one bits-back .ddpm file (one shared ANS stack)."""
-    from ddpmcodec.bitsback import BitsBackSettings, encode_set
+    from ddpmcodec.bitsback.codec import BitsBackSettings, encode_set
     from ddpmcodec.data import list_image_files
     from ddpmcodec.images import load_image
 
@@ -122,7 +122,7 @@ def pack(folder, output, force, model_spec, allow_pickle, device, n_steps, t_end
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def unpack(file, output, force, model_spec, allow_pickle, device, quiet):
     """Decode a bits-back .ddpm file (pack or encode --mode bitsback) into PNG files in a folder."""
-    from ddpmcodec.bitsback import decode_images, file_info
+    from ddpmcodec.bitsback.codec import decode_images, file_info
 
     start = time.perf_counter()
     data = read_input(file)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.common import load, model_options, parse_stop, read_input, show_progress, write_atomic, write_png
-from ddpmcodec.container import DEFAULTS
+from ddpmcodec.container.header import DEFAULTS
 from ddpmcodec.errors import InputError
 
 
@@ -43,8 +43,8 @@ def _bar(total: int, desc: str, enabled: bool):
 def encode(image, output, force, model_spec, allow_pickle, device, mode, n_steps, t_end, budget_bits, margin_bits,
            prior, seed, stop_at, target_bpp, target_psnr, quiet, verbose):
     """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3)."""
-    from ddpmcodec.codec import CodecSettings, encode as run_encode
-    from ddpmcodec.fileops import truncate
+    from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
+    from ddpmcodec.codec.stop_points import truncate
     from ddpmcodec.images import load_image
     from cli.common import check_writable
 
@@ -77,7 +77,7 @@ def encode(image, output, force, model_spec, allow_pickle, device, mode, n_steps
         if fitting[-1] is not stats[-1]:
             data = truncate(data, model, stop_at_bytes=budget)
     write_atomic(out, data, force)
-    from ddpmcodec import container
+    from ddpmcodec.container import header as container
 
     written = container.unpack(data).header
     final = stats[-1] if written.lossless else stats[written.steps_present]
@@ -103,8 +103,8 @@ def encode(image, output, force, model_spec, allow_pickle, device, mode, n_steps
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def decode(file, output, force, model_spec, allow_pickle, device, stop_at, frames, quiet):
     """Decode a .ddpm FILE to PNG, optionally stopping early (Algorithm 4)."""
-    from ddpmcodec import container
-    from ddpmcodec.codec import decode_progressive
+    from ddpmcodec.container import header as container
+    from ddpmcodec.codec.progressive import decode_progressive
     from ddpmcodec.images import save_image
     from cli.common import check_writable
 
@@ -164,8 +164,8 @@ def _write_strip(shots, frames_dir: Path) -> None:
 @click.option("--no-steps", is_flag=True, help="Header only (no model needed).")
 def info(file, model_spec, allow_pickle, device, no_steps):
     """Print a .ddpm file's header and its per-step table (t, cumulative bytes, bpp)."""
-    from ddpmcodec import container
-    from ddpmcodec.fileops import bitsback_summary_lines, step_table, summary_lines
+    from ddpmcodec.container import header as container
+    from ddpmcodec.codec.stop_points import bitsback_summary_lines, step_table, summary_lines
 
     data = read_input(file)
     parsed = container.unpack(data)
@@ -188,7 +188,7 @@ def info(file, model_spec, allow_pickle, device, no_steps):
 @model_options
 def truncate_cmd(file, stop_at, output, force, model_spec, allow_pickle, device):
     """Cut a progressive .ddpm file at a coded step without running the network; the result is a valid file."""
-    from ddpmcodec.fileops import truncate
+    from ddpmcodec.codec.stop_points import truncate
 
     data = read_input(file)
     stop_t, stop_bytes = parse_stop(stop_at)
@@ -212,7 +212,7 @@ def calibrate(output, force, model_spec, allow_pickle, device, data, limit, seed
     """Measure the model's rate/MSE profile on training images and save a copy of the model carrying it."""
     import numpy as np
 
-    from ddpmcodec.calibrate import measure_profile, write_calibrated_model
+    from ddpmcodec.schedule.calibrate import measure_profile, write_calibrated_model
     from ddpmcodec.data import load_images, load_npz_images, shared_data_file
     from cli.common import check_writable
 

@@ -36,7 +36,7 @@ def train(out, init, arch, data, steps, batch_size, lr, warmup, ema, checkpoint_
     Writes the EMA weights to --out (safetensors) and the optimizer/raw-weights/RNG state to a .train.pt sidecar;
     running the same command again continues from it. Options left unset keep their stored (or default) values.
     """
-    from ddpmcodec.training import train as run_train
+    from ddpmcodec.network.training import train as run_train
 
     given = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "ema_decay": ema,
              "checkpoint_every": checkpoint_every, "sample_every": sample_every, "sample_steps": sample_steps,

@@ -12,7 +12,7 @@ import click
 def report(args):
     """Ideal vs coded curves, classic codecs, lossless points and the 1.78/1.97 split as a markdown report with
     plots and CompressAI-style JSON (default: docs/report). Options: see `ddpmcodec report --help`."""
-    from eval.report import main
+    from eval.report.main import main
 
     code = main(list(args), prog="ddpmcodec report")
     if code:

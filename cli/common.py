@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ddpmcodec.errors import InputError
-from ddpmcodec.files import atomic_write
+from ddpmcodec.atomic_write import atomic_write
 
 
 def resolve_device(device: str) -> str:
@@ -37,7 +37,7 @@ def model_options(f):
 
 
 def load(model_spec: str, allow_pickle: bool, device: str):
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     return load_model(model_spec, device=resolve_device(device), allow_pickle=allow_pickle)
 

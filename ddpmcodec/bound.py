@@ -385,7 +385,7 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
 
     from ddpmcodec.data import load_dev_set, load_images
     from ddpmcodec.errors import InputError
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda requested but CUDA is not available")

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .diffusion import to_pixels
-from .errors import InputError
+from ddpmcodec.diffusion import to_pixels
+from ddpmcodec.errors import InputError
 
 
 @dataclass(frozen=True)

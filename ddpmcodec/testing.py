@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .diffusion import DiffusionConfig
-from .model_io import DiffusionModel, load_model, save_model
-from .unet import UNet, UNetConfig
+from ddpmcodec.diffusion import DiffusionConfig
+from ddpmcodec.network.model_io import DiffusionModel, load_model, save_model
+from ddpmcodec.network.unet import UNet, UNetConfig
 
 
 def tiny_unet_config(resolution: int = 8) -> UNetConfig:

@@ -30,12 +30,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddpmcodec import bitsback, pixelmodel
-from ddpmcodec.bitsback_chain import schedule_for
+from ddpmcodec.bitsback import codec as bitsback
+
+from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.bitsback.chain import schedule_for
 from ddpmcodec.data import load_dev_set, load_images
 from ddpmcodec.diffusion import LOG2, gaussian_kl, q_sample_batched
 from ddpmcodec.images import to_tiles
-from ddpmcodec.model_io import load_model
+from ddpmcodec.network.model_io import load_model
 
 # ---- baselines ----------------------------------------------------------------------------------------------------
 def _png(im: np.ndarray) -> int:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.codec import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
 from ddpmcodec.data import load_dev_set, load_images
-from ddpmcodec.model_io import load_model
+from ddpmcodec.network.model_io import load_model
 
 
 def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: float = 0.36, decode_every: int = 1,

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ddpmcodec.diffusion import DiffusionConfig
-from ddpmcodec.model_io import load_model, save_model
-from ddpmcodec.weight_layouts import infer_unet_config
-from ddpmcodec.unet import UNetConfig, count_parameters
+from ddpmcodec.network.model_io import load_model, save_model
+from ddpmcodec.network.weight_layouts import infer_unet_config
+from ddpmcodec.network.unet import UNetConfig, count_parameters
 
 _ARCH_KEYS = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "in_channels",
               "resolution", "resamp_with_conv")

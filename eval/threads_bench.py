@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from ddpmcodec.codec import decode_progressive, encode
+from ddpmcodec.codec.progressive import decode_progressive, encode
 from ddpmcodec.data import load_dev_set
-from ddpmcodec.model_io import load_model
+from ddpmcodec.network.model_io import load_model
 
 
 def mosaic(images: np.ndarray, rows: int, cols: int) -> np.ndarray:

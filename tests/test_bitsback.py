@@ -7,9 +7,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ddpmcodec import bitsback, container
-from ddpmcodec.bitsback import BitsBackSettings, Decoder, decode_images, decode_set, encode_image, encode_set
-from ddpmcodec.bitsback_format import seed_estimate, seed_words
+from ddpmcodec.bitsback import codec as bitsback
+
+from ddpmcodec.container import header as container
+from ddpmcodec.bitsback.codec import BitsBackSettings, Decoder, decode_images, decode_set, encode_image, encode_set
+from ddpmcodec.bitsback.format import seed_estimate, seed_words
 from ddpmcodec.errors import DeterminismError, FormatError, InputError, ModelMismatchError
 from ddpmcodec.testing import make_tiny_model, smooth_image
 
@@ -163,7 +165,7 @@ def model_file(tmp_path_factory):
 
 def test_cli_constants_match_the_library():
     from cli import commands_bitsback as cb
-    from ddpmcodec.bitsback_format import MAX_GRID_BITS, MIN_GRID_BITS
+    from ddpmcodec.bitsback.format import MAX_GRID_BITS, MIN_GRID_BITS
 
     d = BitsBackSettings()
     assert cb.ORDERS == bitsback.ORDERS and cb.GRID_RANGE == (MIN_GRID_BITS, MAX_GRID_BITS)

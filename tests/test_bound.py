@@ -228,7 +228,7 @@ def test_eval_bound_main(tmp_path, small_model):
 def test_bundled_model_decoder_term(shared_dir):
     """The decoder term and t=1 RMSE of the bundled model on 8 dev images sit near the bootstrap's 2.07 / 1.02."""
     from ddpmcodec.data import load_dev_set
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     try:
         model = load_model("default")

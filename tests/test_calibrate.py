@@ -6,9 +6,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli.main import main
-from ddpmcodec.codec import CodecSettings, codec_model_id, decode_progressive, encode
-from ddpmcodec.model_io import load_model
-from ddpmcodec.steps import equal_kl_schedule, fallback_profile, profile_for
+from ddpmcodec.codec.progressive import CodecSettings, codec_model_id, decode_progressive, encode
+from ddpmcodec.network.model_io import load_model
+from ddpmcodec.schedule.steps import equal_kl_schedule, fallback_profile, profile_for
 from ddpmcodec.testing import make_tiny_model
 from ddpmcodec.diffusion import Schedule
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmcodec import channel
+from ddpmcodec.channel import pfr as channel
 
 
 @pytest.mark.parametrize("n_dims,n_chunks", [(10, 3), (3072, 7), (5, 9), (1, 1)])

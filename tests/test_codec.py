@@ -6,10 +6,10 @@ import zlib
 import numpy as np
 import pytest
 
-from ddpmcodec import container
-from ddpmcodec.codec import CodecSettings, decode_progressive, encode
+from ddpmcodec.container import header as container
+from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
 from ddpmcodec.errors import DeterminismError, FormatError, ModelMismatchError
-from ddpmcodec.fileops import step_table, truncate
+from ddpmcodec.codec.stop_points import step_table, truncate
 from ddpmcodec.testing import make_tiny_model, smooth_image
 
 FAST = CodecSettings(n_steps=12, budget_bits=6, margin_bits=2)
@@ -184,7 +184,7 @@ def test_lossless_decode_does_not_depend_on_the_thread_count(tmp_path):
     with a fixed thread count); the bundled 32x32 model is big enough for thread count to change conv results."""
     import torch
 
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     model = load_model("default")
     img = smooth_image(32, 32, seed=5)
@@ -206,7 +206,7 @@ def test_reproducible_eps_is_the_same_for_any_worker_count():
     how many workers the machine offers (the bundled model is big enough for thread count to change conv sums)."""
     import torch
 
-    from ddpmcodec.model_io import REPRODUCIBLE_GROUP, load_model
+    from ddpmcodec.network.model_io import REPRODUCIBLE_GROUP, load_model
 
     model = load_model("default")
     x = torch.randn(2 * REPRODUCIBLE_GROUP + 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddpmcodec import container
+from ddpmcodec.container import header as container
 from ddpmcodec.errors import CodecError, FormatError
 
 

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpmcodec import entropy
+from ddpmcodec.entropy import rans as entropy
 
 
 @given(st.lists(st.integers(0, 2 ** 32 - 1), max_size=12), st.integers(1, 2 ** 32 - 1))

@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 
 from ddpmcodec.diffusion import DiffusionConfig
 from ddpmcodec.errors import InputError
-from ddpmcodec.model_io import FORMAT_TAG, compute_identity, load_model, save_model
-from ddpmcodec.weight_layouts import diffusers_to_pytorch_diffusion, unet_config_from_diffusers
+from ddpmcodec.network.model_io import FORMAT_TAG, compute_identity, load_model, save_model
+from ddpmcodec.network.weight_layouts import diffusers_to_pytorch_diffusion, unet_config_from_diffusers
 from ddpmcodec.testing import random_unet
-from ddpmcodec.unet import UNet, UNetConfig
+from ddpmcodec.network.unet import UNet, UNetConfig
 
 # google/ddpm-cifar10-32's unet/config.json (diffusers UNet2DModel), as published.
 CIFAR10_DIFFUSERS_CONFIG = {

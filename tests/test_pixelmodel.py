@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpmcodec import entropy, pixelmodel
+from ddpmcodec.entropy import rans as entropy
+
+from ddpmcodec.entropy import pixelmodel
 
 
 def _case(h, w, seed, corr=0.8):

@@ -10,9 +10,11 @@ from click.testing import CliRunner
 
 from ddpmcodec.diffusion import DiffusionConfig
 from ddpmcodec.testing import make_tiny_model
-from eval import report, report_classic as classic, report_model as rm
-from eval.report_cache import Cache
-from eval.report_write import psnr_at
+from eval.report import main as report
+from eval.report import classic
+from eval.report import model as rm
+from eval.report.cache import Cache
+from eval.report.write import psnr_at
 
 SMALL = DiffusionConfig(T=20, beta_start=1e-3, beta_end=0.2)
 

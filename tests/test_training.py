@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from ddpmcodec import training as tr
+from ddpmcodec.network import training as tr
 from ddpmcodec.errors import InputError
-from ddpmcodec.model_io import load_model
+from ddpmcodec.network.model_io import load_model
 from ddpmcodec.testing import make_tiny_model
 
 FAST = dict(batch_size=4, warmup=2, ema_decay=0.9, sample_every=0, log_every=1, checkpoint_every=2)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from ddpmcodec.model_io import load_model, resolve_model_path
+from ddpmcodec.network.model_io import load_model, resolve_model_path
 from ddpmcodec.testing import random_unet
-from ddpmcodec.unet import UNet, UNetConfig, count_parameters, timestep_embedding
+from ddpmcodec.network.unet import UNet, UNetConfig, count_parameters, timestep_embedding
 
 
 def test_paper_config_has_official_parameter_count():

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.codec import CodecSettings
+from ddpmcodec.codec.progressive import CodecSettings
 from ddpmcodec.errors import CodecError, InputError
-from eval import report_classic as classic
-from eval import report_model as rm
-from eval import report_plots as plots
-from eval import report_write as rw
-from eval.report_cache import Cache, image_digest
+from eval.report import classic
+from eval.report import model as rm
+from eval.report import plots
+from eval.report import write as rw
+from eval.report.cache import Cache, image_digest
 
 BITSBACK_JSON = "eval/out/bitsback/bitsback_bench.json"
 BITSBACK_COMMAND = "python -m eval.bitsback_bench"
@@ -101,7 +101,7 @@ def _log(quiet: bool):
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
     """Compute (or read from cache) every part, write all outputs; returns the summary dict."""
     from ddpmcodec.data import load_dev_set, load_images
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     t_run = time.perf_counter()
     log = _log(args.quiet)

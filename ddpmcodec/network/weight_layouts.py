@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .errors import InputError, one_line
-from .unet import UNetConfig
+from ddpmcodec.errors import InputError, one_line
+from ddpmcodec.network.unet import UNetConfig
 
 
 # ---- pytorch_diffusion: config inference --------------------------------------------------------------------------

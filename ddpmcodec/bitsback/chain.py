@@ -27,10 +27,10 @@ import constriction
 import numpy as np
 import torch
 
-from . import channel
-from .diffusion import Schedule, posterior_mean, predict_x0
-from .errors import InputError
-from .steps import equal_kl_schedule, profile_for
+from ddpmcodec.channel import pfr as channel
+from ddpmcodec.diffusion import Schedule, posterior_mean, predict_x0
+from ddpmcodec.errors import InputError
+from ddpmcodec.schedule.steps import equal_kl_schedule, profile_for
 
 _MODELS = constriction.stream.model
 MEAN_SNAP = 1024  # means snapped to 1/1024 of the grid spacing (cost < 2e-6 bits/dim per level)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DeterminismError
-from .parallel import map_one_thread_each
+from ddpmcodec.errors import DeterminismError
+from ddpmcodec.parallel import map_one_thread_each
 
 MASK64 = (1 << 64) - 1
 BLOCK = 64  # candidates generated per generator call

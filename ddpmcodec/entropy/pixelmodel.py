@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import entropy
-from .images import from_tiles
+from ddpmcodec.entropy import rans as entropy
+from ddpmcodec.images import from_tiles
 
 COEF_DENOM = 32  # coefficient k means k / 32
 ALPHA_LEVELS, ALPHA_DENOM = 32, 32  # scale slope alpha in 0..31, units of 1/32 sigma-index step per context unit

@@ -17,11 +17,17 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from . import channel, container, entropy, pixelmodel
-from .diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
-from .errors import DeterminismError, FormatError, InputError, ModelMismatchError
-from .images import psnr, tiles_to_uint8, to_tiles
-from .steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
+from ddpmcodec.channel import pfr as channel
+
+from ddpmcodec.container import header as container
+
+from ddpmcodec.entropy import rans as entropy
+
+from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
+from ddpmcodec.errors import DeterminismError, FormatError, InputError, ModelMismatchError
+from ddpmcodec.images import psnr, tiles_to_uint8, to_tiles
+from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ddpmcodec.diffusion import DiffusionConfig, Schedule, prior_mean, q_sample_batched, to_pixels
 from ddpmcodec.errors import InputError
-from ddpmcodec.unet import UNet, UNetConfig
+from ddpmcodec.network.unet import UNet, UNetConfig
 
 STATE_FORMAT = "ddpmcodec-train-state/1"
 ARCH_PRESETS = ("cifar10-ch64", "cifar10-ch128", "tiny")
@@ -175,7 +175,7 @@ def save_grid(images: np.ndarray, path: str | Path, pad: int = 2) -> Path:
 
 # ---- training -------------------------------------------------------------------------------------------------
 def _init_from(init, allow_pickle: bool, device) -> tuple[dict, UNetConfig, DiffusionConfig, dict]:
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     model = load_model(init, device="cpu", allow_pickle=allow_pickle)
     prev = model.metadata.get("training") or {}
@@ -195,7 +195,7 @@ def train(out: str | Path, overrides: dict | None = None, *, init: str | Path | 
     data: None/'cifar10' (shared CIFAR-10 pool), an npz or a folder; ``images`` (N,H,W,3) uint8 overrides ``data``.
     """
     from ddpmcodec.data import load_training_data
-    from ddpmcodec.model_io import load_model
+    from ddpmcodec.network.model_io import load_model
 
     out, spath = Path(out), state_path(out)
     if out.suffix != ".safetensors":
@@ -239,7 +239,7 @@ def train(out: str | Path, overrides: dict | None = None, *, init: str | Path | 
 
 def _train_loop(out, spath, cfg, ucfg, dcfg, name, init_info, state, net_sd, ema_sd, pool_images, pool, data_desc,
                 dev, progress, log) -> dict:
-    from ddpmcodec.model_io import save_model
+    from ddpmcodec.network.model_io import save_model
 
     cuda = dev.type == "cuda"
     torch.manual_seed(cfg.seed)  # parameter init and dropout (inside fork_rng: the caller's RNG is untouched)

@@ -16,7 +16,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from .diffusion import DiffusionConfig, Schedule
+from ddpmcodec.diffusion import DiffusionConfig, Schedule
 
 FALLBACK_DATA_VARIANCE = 0.25  # per-dimension variance of pixels in [-1, 1] assumed by the fallback profile
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bound import evaluate_pairs, model_eps_fn
-from .diffusion import Schedule
-from .model_io import save_model
-from .steps import Profile
+from ddpmcodec.bound import evaluate_pairs, model_eps_fn
+from ddpmcodec.diffusion import Schedule
+from ddpmcodec.network.model_io import save_model
+from ddpmcodec.schedule.steps import Profile
 
 
 def timestep_grid(T: int, dense_until: int = 100, stride: int = 10) -> np.ndarray:

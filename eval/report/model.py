@@ -1,6 +1,6 @@
 """The report's DDPM parts: the exact bound (ideal curve), the progressive codec (coded curve), strip frames.
 
-All three are computed in chunks of images and cached (see eval/report_cache.py), so an interrupted run resumes and
+All three are computed in chunks of images and cached (see eval/report/cache.py), so an interrupted run resumes and
 a second run only reads. Units: rates in bits/dim (bpd); bpp = 3 * bpd for RGB; PSNR in dB on 0..255.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import asdict
 import numpy as np
 from tqdm import tqdm
 
-from ddpmcodec import container
+from ddpmcodec.container import header as container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
-from ddpmcodec.codec import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
 from eval.codec_bench import bench
-from eval.report_cache import Cache, image_digest
+from eval.report.cache import Cache, image_digest
 
 
 def _chunks(n: int, size: int):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.report_plots import PAPER_TABLE4
+from eval.report.plots import PAPER_TABLE4
 
 PAPER_SPLIT = {"rate_bpd": 1.78, "distortion_bpd": 1.97, "total_bpd": 3.75, "rmse_0_255": 0.95}
 LITERATURE_LOSSLESS = ("PNG ~5.87, WebP ~4.61, FLIF ~4.19, Bit-Swap 3.82, DDPM NELBO 3.75, IDDPM bits-back 2.99, "

@@ -21,11 +21,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .diffusion import DiffusionConfig, net_timestep
-from .errors import InputError, one_line
-from .parallel import map_one_thread_each
-from .unet import UNet, UNetConfig
-from .weight_layouts import diffusers_to_pytorch_diffusion, infer_unet_config, unet_config_from_diffusers
+from ddpmcodec.diffusion import DiffusionConfig, net_timestep
+from ddpmcodec.errors import InputError, one_line
+from ddpmcodec.parallel import map_one_thread_each
+from ddpmcodec.network.unet import UNet, UNetConfig
+from ddpmcodec.network.weight_layouts import diffusers_to_pytorch_diffusion, infer_unet_config, unet_config_from_diffusers
 
 FORMAT_TAG = "ddpmcodec-model/1"
 DEFAULT_MODEL = "default"

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import container, entropy
-from .bitsback_chain import check_levels, schedule_for
-from .codec import codec_model_id
-from .steps import profile_for
-from .errors import FormatError, ModelMismatchError
+from ddpmcodec.container import header as container
+
+from ddpmcodec.entropy import rans as entropy
+from ddpmcodec.bitsback.chain import check_levels, schedule_for
+from ddpmcodec.codec.progressive import codec_model_id
+from ddpmcodec.schedule.steps import profile_for
+from ddpmcodec.errors import FormatError, ModelMismatchError
 
 ORDERS = ("bitswap", "bbans")
 GRID_OFFSET = 4  # grid_bits in -4..11 is stored as grid_bits + 4 in 4 bits

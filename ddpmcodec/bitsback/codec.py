@@ -1,7 +1,7 @@
 """Lossless bits-back ANS over the DDPM chain, for one image or a set sharing one stack (notes §5).
 
 Each image is coded as the discretized latent chain x_T, x_{t_1}, ..., x_{t_K} = x_{t_end}, x_0 of
-:mod:`ddpmcodec.bitsback_chain`. x_T is shared noise (free: p(x_T) also serves as its q, which differs from
+:mod:`ddpmcodec.bitsback.chain`. x_T is shared noise (free: p(x_T) also serves as its q, which differs from
 q(x_T|x_0) by ~1e-5 bits/dim). Two orders, both decoding x_T, x_{t_1}, ..., x_0 in Algorithm 4's order:
 
 * ``bitswap`` (default): q factorized along the forward process, q(x_{t_j} | x_{t_{j+1}}, x_T) (x_0 for j = K).
@@ -14,7 +14,7 @@ For a set the encoder codes the images last to first on one stack, so image i po
 only the first-coded image draws on the initial words. Those are SHAKE-256 pseudo-random words from the file's seed;
 the untouched bottom of them is not stored (the decoder regenerates it), so the file pays exactly the consumed seed
 words. After the last image the decoder checks that the whole seed came back, then the pixel CRC
-(DeterminismError otherwise). File layout: :mod:`ddpmcodec.bitsback_format`.
+(DeterminismError otherwise). File layout: :mod:`ddpmcodec.bitsback.format`.
 """
 from __future__ import annotations
 
@@ -27,15 +27,21 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import channel, container, entropy, pixelmodel
-from .bitsback_chain import (ImageChain, OutOfRange, check_levels, pop_p, pop_q, push_p, push_q,
+from ddpmcodec.channel import pfr as channel
+
+from ddpmcodec.container import header as container
+
+from ddpmcodec.entropy import rans as entropy
+
+from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.bitsback.chain import (ImageChain, OutOfRange, check_levels, pop_p, pop_q, push_p, push_q,
                              schedule_for)
-from .bitsback_format import (MAX_ATTEMPTS, MAX_GRID_BITS, MIN_GRID_BITS, ORDERS, SubHeader, file_info, read_file,
+from ddpmcodec.bitsback.format import (MAX_ATTEMPTS, MAX_GRID_BITS, MIN_GRID_BITS, ORDERS, SubHeader, file_info, read_file,
                               seed_estimate, seed_words)
-from .codec import codec_model_id
-from .diffusion import LOG2, gaussian_kl
-from .errors import DeterminismError, FormatError, InputError
-from .images import tiles_to_uint8, to_tiles
+from ddpmcodec.codec.progressive import codec_model_id
+from ddpmcodec.diffusion import LOG2, gaussian_kl
+from ddpmcodec.errors import DeterminismError, FormatError, InputError
+from ddpmcodec.images import tiles_to_uint8, to_tiles
 
 MIN_WORDS = 4  # the encoder's stack must never drop below this (else: more seed words and retry)
 

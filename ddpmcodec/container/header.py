@@ -15,7 +15,7 @@ import io
 import zlib
 from dataclasses import dataclass
 
-from .errors import FormatError
+from ddpmcodec.errors import FormatError
 
 MAGIC = b"DDP"
 VERSION = 2

@@ -28,7 +28,7 @@ def fig5(ideal: dict | None, coded: dict | None, path: str | Path, *, n_bound: i
          T: int = 1000) -> Path:
     """Paper Fig. 5: distortion (RMSE) vs rate, rate vs reverse steps, distortion vs reverse steps.
 
-    ideal: report_model.ideal_curve (bound, all t); coded: report_model.coded_curve (stop points of the codec).
+    ideal: model.ideal_curve (bound, all t); coded: model.coded_curve (stop points of the codec).
     Reverse steps done = T + 1 - t (as the paper's Table 4: after 1000 steps the receiver holds x_1).
     """
     plt = _plt()
@@ -74,7 +74,7 @@ def rd_curves(classic: list[dict], ideal: dict | None, coded: dict | None, path:
               n_bound: int = 0, literature: bool = True) -> Path:
     """PSNR vs bpp (left) and MS-SSIM (dB = -10 log10(1 - MS-SSIM)) vs bpp (right), log bpp axis.
 
-    classic: report_classic.sweep dicts; DDPM curves: mean per-image PSNR for the codec (coded and its own ideal),
+    classic: classic.sweep dicts; DDPM curves: mean per-image PSNR for the codec (coded and its own ideal),
     pooled-MSE PSNR for the bound (the bound stores per-t mean MSE only).
     """
     plt = _plt()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmcodec.files import atomic_write
+from ddpmcodec.atomic_write import atomic_write
 
 CACHE_VERSION = 1  # bump when a cached computation changes meaning
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from . import container
-from .codec import StreamReader, truncated_file, truncated_size
-from .errors import InputError
+from ddpmcodec.container import header as container
+from ddpmcodec.codec.progressive import StreamReader, truncated_file, truncated_size
+from ddpmcodec.errors import InputError
 
 
 @dataclass
@@ -72,7 +72,7 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
 
 def bitsback_summary_lines(data: bytes) -> list[str]:
     """`info` for a bits-back file (header and sub-header; no model needed)."""
-    from .bitsback_format import file_info
+    from ddpmcodec.bitsback.format import file_info
 
     i = file_info(data)
     dims = sum(w * h * 3 for w, h in i["sizes"])

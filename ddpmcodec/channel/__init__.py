@@ -1,0 +1,1 @@
+"""Channel simulation: sending a sample of q under the receiver's p with shared randomness (PFR in chunks)."""

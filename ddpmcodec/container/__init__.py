@@ -1,0 +1,1 @@
+"""The .ddpm container: header, checks and their validation. Knows bytes, not networks."""

@@ -1,0 +1,1 @@
+"""Coded-step schedules and the per-model rate/MSE profile (calibration) they are derived from."""

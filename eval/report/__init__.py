@@ -1,0 +1,1 @@
+"""The evaluation report: ideal vs coded curves, classic codecs, lossless points, the paper's split."""
