@@ -314,8 +314,10 @@ class DecodedStep(NamedTuple):
 
 
 def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
-                       every_step: bool = True) -> Iterator[DecodedStep]:
+                       every_step: bool = True, progress: Callable[[int, int], None] | None = None
+                       ) -> Iterator[DecodedStep]:
     """Algorithm 4: yield x^_0 after every coded step (or only the final result when every_step=False).
+    progress(k, n) is called after each of the (at most) n network evaluations, whether or not a step is yielded.
 
     Stops at the first coded t <= stop_at_t, at the last step whose prefix fits in stop_at_bytes, or at the end of
     what the file holds; a complete lossless file ends with the exact image (t = 0).
@@ -332,6 +334,8 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
         t = steps[k]
         eps = chain.eps(x_t, t)
         x0_hat = chain.x0_hat(x_t, t, eps)
+        if progress:
+            progress(k + 1, h.steps_present + 1)
         stop = k == h.steps_present or t <= limit_t
         if not stop:
             q, idx, complete = reader.pop_step()
