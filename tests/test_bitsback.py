@@ -128,9 +128,12 @@ def test_truncated_is_refused(model, coded_set, keep):
 
 
 def test_progressive_file_is_refused(model, coded_set):
-    h = container.unpack(coded_set.data).header
-    prog = container.Header(**{**h.__dict__, "mode": container.MODE_PROGRESSIVE})
-    data = container.pack(prog, container.unpack(coded_set.data).payload)
+    from ddpmcodec.codec.progressive import codec_model_id
+    from ddpmcodec.schedule.steps import profile_for
+
+    parsed = container.unpack(coded_set.data, codec_model_id(model, profile_for(model)), model.unet_config.resolution)
+    prog = container.Header(**{**parsed.header.__dict__, "mode": container.MODE_PROGRESSIVE})
+    data = container.pack(prog, parsed.payload)
     with pytest.raises(FormatError, match="progressive"):
         decode_images(data, model)
 

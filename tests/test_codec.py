@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ddpmcodec.container import header as container
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import StreamReader, CodecSettings, decode_progressive, encode
 from ddpmcodec.errors import DeterminismError, FormatError, ModelMismatchError
 from ddpmcodec.codec.stop_points import step_table, truncate
 from ddpmcodec.testing import make_tiny_model, smooth_image
@@ -56,19 +56,23 @@ def test_progressive_outputs_match_encoder_psnr(model, coded):
     assert all(np.diff([s.bytes_read for s in steps]) >= 0)
 
 
-def test_every_prefix_decodes_to_the_full_decodes_intermediate(model, coded):
+def test_every_prefix_decodes_verified_intermediates_only(model, coded):
+    """A partial download decodes at least to the step its table entry names (raw_bytes, rounded up to the next
+    checked block), every frame equal to the full decode's frame at that t, and never past its verified blocks."""
     img, res = coded
-    full = list(decode_progressive(res.data, model))
+    full = {s.t: s.pixels for s in decode_progressive(res.data, model)}
     parsed, table = step_table(res.data, model)
+    ts = [e.t for e in table]
     for k, entry in enumerate(table[:-1]):
-        out = list(decode_progressive(res.data[:entry.raw_bytes], model, every_step=False))  # a partial download
-        assert out[-1].t == entry.t == res.steps[k].t
-        np.testing.assert_array_equal(out[-1].pixels, full[k].pixels)
         assert entry.bytes == res.steps[k].bytes_if_stopped
-    # an arbitrary cut lands on the last complete step before it
-    cut = (table[3].raw_bytes + table[4].raw_bytes) // 2
-    out = list(decode_progressive(res.data[:cut], model, every_step=False))
-    assert out[-1].t in (res.steps[3].t, res.steps[4].t)
+        out = list(decode_progressive(res.data[:entry.raw_bytes], model))  # a partial download
+        assert out[-1].t <= entry.t == res.steps[k].t
+        for step in out:
+            np.testing.assert_array_equal(step.pixels, full[step.t])
+    for cut in range(parsed.header_bytes, len(res.data), 7):  # arbitrary cuts: verified frames only, in order
+        out = list(decode_progressive(res.data[:cut], model, every_step=False))
+        assert out[-1].t in ts[:-1]
+        np.testing.assert_array_equal(out[-1].pixels, full[out[-1].t])
 
 
 def test_truncate_then_decode(model, coded):
@@ -102,14 +106,16 @@ def test_encoder_stop_at_matches_full_prefix(model, coded):
 
 def test_truncating_a_partial_download_compacts_it(model, coded):
     img, res = coded
-    _, table = step_table(res.data, model)
-    k = 6
+    parsed, table = step_table(res.data, model)
+    k = max(i for i, e in enumerate(table) if e.raw_bytes < len(res.data))  # a prefix that is really partial
     partial = res.data[:table[k].raw_bytes]
-    assert table[k].bytes < table[k].raw_bytes  # no leftover coder state from the steps that were cut
+    reached = list(decode_progressive(partial, model))[-1]
+    j = next(i for i, e in enumerate(table) if e.t == reached.t)
+    assert j >= k and table[j].bytes < table[k].raw_bytes  # no leftover coder state from the steps that were cut
     small = truncate(partial, model)
-    assert len(small) == table[k].bytes and container.unpack(small).complete
-    np.testing.assert_array_equal(list(decode_progressive(small, model))[-1].pixels,
-                                  list(decode_progressive(partial, model))[-1].pixels)
+    assert len(small) == table[j].bytes and container.unpack(small).complete
+    assert small == truncate(res.data, model, stop_at_t=reached.t)
+    np.testing.assert_array_equal(list(decode_progressive(small, model))[-1].pixels, reached.pixels)
 
 
 def test_wrong_model_is_refused(tmp_path, coded):
@@ -121,20 +127,22 @@ def test_wrong_model_is_refused(tmp_path, coded):
 def test_corrupt_and_wrong_version_files(model, coded):
     data = bytearray(coded[1].data)
     data[-3] ^= 0x10
-    with pytest.raises(FormatError, match="CRC"):
+    with pytest.raises(FormatError, match="check failed"):
         list(decode_progressive(bytes(data), model))
     bad = bytearray(coded[1].data)
-    bad[3] = 99
-    with pytest.raises(FormatError, match="version"):
+    bad[0] = 0xD9
+    with pytest.raises(FormatError, match="version 9"):
         list(decode_progressive(bytes(bad), model))
-    with pytest.raises(FormatError, match="magic"):
+    with pytest.raises(FormatError, match="version-2 .ddpm file"):
+        list(decode_progressive(b"DDP\x02" + bytes(40), model))
+    with pytest.raises(FormatError, match="not a .ddpm file"):
         list(decode_progressive(b"\x89PNG\r\n\x1a\n" + bytes(40), model))
     with pytest.raises(FormatError, match="truncated"):
-        list(decode_progressive(coded[1].data[:12], model))
+        list(decode_progressive(coded[1].data[:5], model))
 
 
 def test_determinism_failure_is_reported(model, coded):
-    parsed = container.unpack(coded[1].data)
+    parsed = StreamReader(coded[1].data, model).parsed
     h = parsed.header
     h.pixel_crc ^= 1  # as if this machine reproduced different pixels
     tampered = container.pack(h, parsed.payload)

@@ -314,8 +314,8 @@ class Decoder:
     """Decodes a bits-back file image by image; after :meth:`steps` is exhausted, ``recovered_seed`` holds the
     stack that is left (checked equal to the regenerated initial words) and ``images`` the decoded pixels."""
 
-    def __init__(self, data: bytes, model):
-        self.file = read_file(data, model)
+    def __init__(self, data: bytes, model, limits=None):
+        self.file = read_file(data, model, limits)
         self.model = model
         f = self.file
         n_seed = seed_estimate(f.order, f.sub.grid_bits, len(f.chain[4]), f.sub.sizes) * 4 ** f.sub.attempt
@@ -355,14 +355,15 @@ class Decoder:
 
 
 def decode_set(data: bytes, model, every_step: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> Iterator[DecodedStep]:
+               progress: Callable[[int, int], None] | None = None, limits=None) -> Iterator[DecodedStep]:
     """Generator over :meth:`Decoder.steps`; the seed and CRC checks run after the last image."""
-    return Decoder(data, model).steps(every_step, progress)
+    return Decoder(data, model, limits).steps(every_step, progress)
 
 
-def decode_images(data: bytes, model, progress: Callable[[int, int], None] | None = None) -> DecodedSet:
-    """Every image of a bits-back file (checks complete before returning)."""
-    dec = Decoder(data, model)
+def decode_images(data: bytes, model, progress: Callable[[int, int], None] | None = None,
+                  limits=None) -> DecodedSet:
+    """Every image of a bits-back file (checks complete before returning). limits: container.limits.DecodeLimits."""
+    dec = Decoder(data, model, limits)
     for _ in dec.steps(progress=progress):
         pass
     sub = dec.file.sub

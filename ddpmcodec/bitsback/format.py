@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpmcodec.container import header as container
+from ddpmcodec.container.limits import DecodeLimits
 
 from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.bitsback.chain import check_levels, schedule_for
@@ -30,6 +31,8 @@ ORDERS = ("bitswap", "bbans")
 GRID_OFFSET = 4  # grid_bits in -4..11 is stored as grid_bits + 4 in 4 bits
 MIN_GRID_BITS, MAX_GRID_BITS = -GRID_OFFSET, 15 - GRID_OFFSET
 MAX_ATTEMPTS = 4
+MAX_IMAGES = 1 << 20
+MAX_NAME_BYTES = 4096  # per image, for the stored file names
 
 
 def seed_words(seed: int, n: int) -> np.ndarray:
@@ -76,7 +79,7 @@ def read_subheader(payload: bytes, h: container.Header) -> tuple[SubHeader, int]
         flags, n_images, consumed = (container.read_varint(buf) for _ in range(3))
         n_images += 1
         order, grid_bits, attempt = flags & 1, ((flags >> 1) & 15) - GRID_OFFSET, flags >> 7
-        if n_images > 1 << 24 or attempt > MAX_ATTEMPTS:
+        if n_images > MAX_IMAGES or attempt > MAX_ATTEMPTS:
             raise FormatError("corrupt bits-back header (implausible settings)")
         sizes = [(h.width, h.height, h.source_mode)] * n_images
         if flags & 64:
@@ -87,7 +90,12 @@ def read_subheader(payload: bytes, h: container.Header) -> tuple[SubHeader, int]
         names = None
         if flags & 32:
             n_blob = container.read_varint(buf)
-            names = zlib.decompress(buf.read(n_blob)).decode().split("\n")
+            inflate = zlib.decompressobj()  # bounded: a crafted blob must not inflate to gigabytes
+            limit = MAX_NAME_BYTES * n_images
+            raw = inflate.decompress(buf.read(n_blob), limit + 1)
+            if len(raw) > limit or not inflate.eof:
+                raise FormatError("corrupt bits-back header (names)")
+            names = raw.decode().split("\n")
             if len(names) != n_images:
                 raise FormatError("corrupt bits-back header (name count)")
     except (zlib.error, UnicodeDecodeError):
@@ -116,8 +124,14 @@ class BitsBackFile:
         return ORDERS[self.sub.order]
 
 
-def _parse(data: bytes) -> tuple[container.Parsed, SubHeader, int]:
-    parsed = container.unpack(data)
+def _parse(data: bytes, model=None, limits: DecodeLimits | None = None
+           ) -> tuple[container.Parsed, SubHeader, int]:
+    """Parse the container and sub-header; with the model, verified against its identity and checked against the
+    decode limits (pixels and work per byte) before anything is allocated."""
+    if model is None:
+        parsed = container.unpack(data)
+    else:
+        parsed = container.unpack(data, codec_model_id(model, profile_for(model)), model.unet_config.resolution)
     h = parsed.header
     if h.mode != container.MODE_BITSBACK:
         raise FormatError("this is a progressive .ddpm file; decode it with the progressive decoder")
@@ -127,12 +141,20 @@ def _parse(data: bytes) -> tuple[container.Parsed, SubHeader, int]:
     sub, offset = read_subheader(parsed.payload, h)
     if offset > len(parsed.payload):
         raise FormatError("corrupt bits-back header (overruns the payload)")
+    if model is not None:
+        limits = limits or DecodeLimits()
+        if any(w == 0 for w, _, _ in sub.sizes):
+            raise FormatError("corrupt bits-back header (image size)")
+        limits.check_pixels(sum(w * ht for w, ht, _ in sub.sizes), f"the set of {len(sub.sizes)} images in this file")
+        tile = model.unet_config.resolution
+        tiles = sum(-(-w // tile) * -(-ht // tile) for w, ht, _ in sub.sizes)
+        limits.check_work(tiles * (h.steps_present + 1), len(data))
     return parsed, sub, offset
 
 
-def read_file(data: bytes, model) -> BitsBackFile:
+def read_file(data: bytes, model, limits: DecodeLimits | None = None) -> BitsBackFile:
     """Parse and check a bits-back file against the model."""
-    parsed, sub, offset = _parse(data)
+    parsed, sub, offset = _parse(data, model, limits)
     h = parsed.header
     profile = profile_for(model)
     if codec_model_id(model, profile) != h.model_id:
@@ -152,9 +174,9 @@ def read_file(data: bytes, model) -> BitsBackFile:
     return BitsBackFile(h, sub, entropy.bytes_to_words(parsed.payload[offset:]), chain)
 
 
-def file_info(data: bytes) -> dict:
-    """What a bits-back file holds, without a model."""
-    parsed, sub, offset = _parse(data)
+def file_info(data: bytes, model=None, limits: DecodeLimits | None = None) -> dict:
+    """What a bits-back file holds; verified against the model when one is given (unverified without)."""
+    parsed, sub, offset = _parse(data, model, limits)
     return {"images": len(sub.sizes), "sizes": [(w, h) for w, h, _ in sub.sizes], "names": sub.names,
             "order": ORDERS[sub.order], "grid_bits": sub.grid_bits, "n_steps": parsed.header.n_steps,
             "t_end": parsed.header.t_end, "seed_words_stored": sub.consumed, "bytes": len(data),

@@ -19,14 +19,16 @@ import torch
 
 from ddpmcodec.channel import pfr as channel
 
+from ddpmcodec.container import blocks
 from ddpmcodec.container import header as container
+from ddpmcodec.container.limits import DecodeLimits
 
 from ddpmcodec.entropy import rans as entropy
 
 from ddpmcodec.entropy import pixelmodel
 from ddpmcodec.diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from ddpmcodec.errors import DeterminismError, FormatError, InputError, ModelMismatchError
-from ddpmcodec.images import psnr, tiles_to_uint8, to_tiles
+from ddpmcodec.images import psnr, tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
 
@@ -79,6 +81,9 @@ class _Chain:
         if h.tile != model.unet_config.resolution:
             raise ModelMismatchError(f"file uses {h.tile}px tiles, the model works on {model.unet_config.resolution}px")
         self.h = h
+        T = model.diffusion.T
+        if not (1 <= h.t_end < T and 1 <= h.n_steps <= T):
+            raise FormatError(f"corrupt header (schedule: t_end {h.t_end}, {h.n_steps} steps; the model has T={T})")
         self.steps = equal_kl_schedule(self.profile, h.n_steps, h.t_end, container.PRIOR_KINDS[h.prior_kind],
                                        model.diffusion)
         self.mask = mask
@@ -192,7 +197,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
     stats = [StepStat(t=steps[0], ideal_bits=0.0)]
     symbols: list[tuple[int, np.ndarray, float]] = []
     prev_q = chain.first_log_kl_prediction()
-    lossless = stop_at_t == 0 and target_psnr is None
+    stopped = False  # ended early by stop_at_t or a reached target_psnr (an unreached target gives the lossless file)
     x0_hat = None
     for k in range(len(steps) - 1):
         t, s = steps[k], steps[k + 1]
@@ -200,7 +205,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         x0_hat = chain.x0_hat(x_t, t, eps)
         stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
         if (stop_at_t and t <= stop_at_t) or (target_psnr is not None and stats[-1].psnr >= target_psnr):
-            lossless = False
+            stopped = True
             x0_hat = None
             break
         mu_p, var_p = chain.prior(x_t, t, s, x0_hat)
@@ -220,6 +225,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         if progress:
             progress(k + 1, len(steps) - 1)
     coder = entropy.new_coder()
+    lossless = not stopped
     if lossless:
         eps = chain.eps(x_t, steps[-1])
         x0_hat = chain.x0_hat(x_t, steps[-1], eps)
@@ -267,12 +273,17 @@ class StreamReader:
     Popping needs no network evaluation (indices use fixed laws), so step tables and truncation are cheap.
     """
 
-    def __init__(self, data: bytes, model):
+    def __init__(self, data: bytes, model, limits: DecodeLimits | None = None):
         channel.check_candidate_generator()
-        self.parsed = container.unpack(data)
+        limits = limits or DecodeLimits()
+        model_id = codec_model_id(model, profile_for(model))
+        self.parsed = container.unpack(data, model_id, model.unet_config.resolution)
         h = self.parsed.header
         if h.mode != container.MODE_PROGRESSIVE:
             raise FormatError("this file was written in bits-back mode; decode it with the bits-back decoder")
+        limits.check_pixels(h.width * h.height, f"the {h.width}x{h.height} image in this file")
+        rows, cols = tile_grid(h.height, h.width, h.tile)
+        limits.check_work(rows * cols * (h.steps_present + 1), len(data))
         _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
         self.chain = _Chain(model, h, mask)
         last = len(self.chain.steps) - 1
@@ -288,7 +299,8 @@ class StreamReader:
         """Length of the plain byte prefix of this file that holds everything popped so far."""
         h = self.parsed.header
         words = prefix_words(self.total_words, self.total_words - len(self.words) + self.coder.num_words())
-        return self.parsed.header_bytes + entropy.stack_prefix_bytes(h.payload_bytes, words)
+        needed = entropy.stack_prefix_bytes(h.payload_bytes, words)
+        return self.parsed.header_bytes + blocks.stored_prefix_for(needed, h.payload_bytes)
 
     def pop_step(self) -> tuple[int, np.ndarray, bool]:
         """The next coded step's (quantized log-KL, chunk indices, data complete?)."""
@@ -297,8 +309,13 @@ class StreamReader:
         n = chain.n_chunks(q)
         if n > 4 * len(chain.coded):
             raise FormatError("corrupt payload (implausible chunk count)")
-        law = entropy.zipf_model(chain.n_candidates, entropy.zipf_kl_for(q, n, self.parsed.header.budget_bits))
-        idx = self.coder.decode(law, n)
+        kl = entropy.zipf_kl_for(q, n, self.parsed.header.budget_bits)
+        # each index costs at least -log2 P(0) bits: more chunks than the stack can hold is damage, or a cut
+        if n * entropy.zipf_min_bits(chain.n_candidates, kl) > 32 * self.coder.num_words() + 64:
+            if self.parsed.complete:
+                raise FormatError("corrupt payload (more chunk indices than the file can hold)")
+            return q, np.zeros(0, np.int32), False
+        idx = self.coder.decode(entropy.zipf_model(chain.n_candidates, kl), n)
         self.symbols.append((q, idx, self.prev_q))
         self.prev_q = q
         complete = self.parsed.complete or self.coder.num_words() >= 2
@@ -314,15 +331,15 @@ class DecodedStep(NamedTuple):
 
 
 def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
-                       every_step: bool = True, progress: Callable[[int, int], None] | None = None
-                       ) -> Iterator[DecodedStep]:
+                       every_step: bool = True, progress: Callable[[int, int], None] | None = None,
+                       limits: DecodeLimits | None = None) -> Iterator[DecodedStep]:
     """Algorithm 4: yield x^_0 after every coded step (or only the final result when every_step=False).
     progress(k, n) is called after each of the (at most) n network evaluations, whether or not a step is yielded.
 
     Stops at the first coded t <= stop_at_t, at the last step whose prefix fits in stop_at_bytes, or at the end of
     what the file holds; a complete lossless file ends with the exact image (t = 0).
     """
-    reader = StreamReader(data, model)
+    reader = StreamReader(data, model, limits)
     parsed, h, chain, coder = reader.parsed, reader.parsed.header, reader.chain, reader.coder
     steps = chain.steps
     x_t = chain.x_T()

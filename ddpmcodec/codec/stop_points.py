@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 
 from ddpmcodec.container import header as container
+from ddpmcodec.container.limits import DecodeLimits
 from ddpmcodec.codec.progressive import StreamReader, truncated_file, truncated_size
 from ddpmcodec.errors import InputError
 
@@ -21,8 +22,8 @@ class StepEntry:
     raw_bytes: int  # length of the plain prefix of this file that decodes to here (e.g. a partial download)
 
 
-def _read_table(data: bytes, model) -> tuple[StreamReader, list[StepEntry]]:
-    reader = StreamReader(data, model)
+def _read_table(data: bytes, model, limits: DecodeLimits | None = None) -> tuple[StreamReader, list[StepEntry]]:
+    reader = StreamReader(data, model, limits)
     parsed, h, chain = reader.parsed, reader.parsed.header, reader.chain
     table = [StepEntry(0, chain.steps[0], truncated_size(chain, []), parsed.header_bytes)]
     for k in range(h.steps_present):
@@ -35,9 +36,9 @@ def _read_table(data: bytes, model) -> tuple[StreamReader, list[StepEntry]]:
     return reader, table
 
 
-def step_table(data: bytes, model) -> tuple[container.Parsed, list[StepEntry]]:
+def step_table(data: bytes, model, limits: DecodeLimits | None = None) -> tuple[container.Parsed, list[StepEntry]]:
     """Every stop point the file offers, with the bytes it needs. Entries past a cut-off prefix are omitted."""
-    reader, table = _read_table(data, model)
+    reader, table = _read_table(data, model, limits)
     return reader.parsed, table
 
 
@@ -56,13 +57,15 @@ def choose_stop(table: list[StepEntry], stop_at_t: int | None = None, stop_at_by
     return table[-1]
 
 
-def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None) -> bytes:
+def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
+             limits: DecodeLimits | None = None) -> bytes:
     """A shorter valid file that decodes exactly like `data` stopped at the chosen step.
 
     The kept steps' symbols are re-pushed onto a fresh stack (no network needed), so the result is byte for byte
-    what `encode --stop-at` writes and carries no leftover coder state from the dropped steps.
+    what `encode --stop-at` writes and carries no leftover coder state from the dropped steps. Only verified bytes
+    are read: a partial download yields the steps its checked blocks hold, and a damaged file is refused.
     """
-    reader, table = _read_table(data, model)
+    reader, table = _read_table(data, model, limits)
     entry = choose_stop(table, stop_at_t, stop_at_bytes)
     if entry.t == 0 or (entry.index == reader.parsed.header.steps_present and not reader.parsed.header.lossless
                         and reader.parsed.complete):
@@ -70,11 +73,11 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
     return truncated_file(reader.chain, reader.symbols[:entry.index])
 
 
-def bitsback_summary_lines(data: bytes) -> list[str]:
-    """`info` for a bits-back file (header and sub-header; no model needed)."""
+def bitsback_summary_lines(data: bytes, model=None, limits: DecodeLimits | None = None) -> list[str]:
+    """`info` for a bits-back file (header and sub-header), verified against the model when one is given."""
     from ddpmcodec.bitsback.format import file_info
 
-    i = file_info(data)
+    i = file_info(data, model, limits)
     dims = sum(w * h * 3 for w, h in i["sizes"])
     return [f"format       .ddpm v{container.VERSION}, bits-back (lossless, not progressive)",
             f"images       {i['images']}: " + ", ".join(f"{w}x{h}" for w, h in i["sizes"][:8])
@@ -89,9 +92,11 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
     h = parsed.header
     dims = h.width * h.height * 3
     lines = [f"format       .ddpm v{container.VERSION}, {'progressive' if h.mode == 0 else 'bits-back'}"
-             f"{'' if parsed.complete else ' (PARTIAL FILE: payload cut off)'}",
-             f"image        {h.width}x{h.height} {container.SOURCE_MODES[h.source_mode]}, tiles {h.tile}px",
-             f"model id     {h.model_id.hex()}",
+             f"{'' if parsed.complete else ' (PARTIAL FILE: payload cut off)'}"
+             f"{'' if parsed.verified else ' (not verified: read without a model)'}",
+             (f"image        {h.width}x{h.height} {container.SOURCE_MODES[h.source_mode]}, tiles {h.tile}px" if h.width else
+              f"image        one tile of the model, {container.SOURCE_MODES[h.source_mode]}"),
+             (f"model id     {h.model_id.hex()}" if parsed.verified else f"model tag    {h.model_id[0]:02x}"),
              f"schedule     {h.n_steps} equal-KL steps down to t={h.t_end}, prior {container.PRIOR_KINDS[h.prior_kind]}",
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
              f"content      {h.steps_present} coded steps{' + exact x_0 layer (lossless)' if h.lossless else ''}",

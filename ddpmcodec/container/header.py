@@ -1,13 +1,17 @@
-"""The .ddpm container: a compact binary header followed by the payload (rANS stack words, top first; a
-progressive file's top word is trimmed to its significant bytes, see entropy.stack_to_bytes).
+"""The .ddpm container (format version 3): a compact header followed by the payload (rANS stack words, top first;
+a progressive file's top word is trimmed to its significant bytes, see entropy.rans.stack_to_bytes).
 
-Layout: magic b"DDP" | version u8 | model id (4 bytes) | flags u8 | varints | [settings] | [x_0 layer fields]
-| header check (2 bytes) | file check (2 bytes) | payload. Both checks are the low 16 bits of CRC-32: the first
-over the header (always verified, so a damaged length field cannot pass as a partial file), the second over the
-header and the whole payload (verified when the payload is complete).
-Settings that equal DEFAULTS are omitted (flag bit), so a default file spends ~17 bytes on its header: at CIFAR
-size every byte is ~0.003 bits/dim. A file whose payload is shorter than the header says is a *prefix* (e.g. a
-partial download): the decoder then decodes only the steps fully present and says so.
+Layout: format byte 0xD3 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | header check
+(2 bytes) | file check (2 bytes) | stored payload (the payload with block checks, see blocks.py).
+
+The model tag is the first byte of the 4-byte codec identity (weights, configs, rate profile); the whole identity
+enters every check instead of being stored, so a file read with another model fails its checks (or, 255 times in
+256, its tag) and never decodes to garbage. Checks are the low 16 bits of CRC-32: the header check over the header,
+always verified, so a damaged length cannot pass as a partial file; block checks inside the payload, so a partial
+download verifies every complete block it holds; the whole-file check over everything, verified when the file is
+complete. Settings that equal DEFAULTS are omitted, and an image of exactly one tile stores no size, so a default
+lossy 32x32 file spends 9 bytes on its header (10 with a payload over 127 bytes); see `test_container.py`.
+Version-2 files (ddpmcodec 0.1) are refused with a message that says so.
 """
 from __future__ import annotations
 
@@ -15,18 +19,21 @@ import io
 import zlib
 from dataclasses import dataclass
 
-from ddpmcodec.errors import FormatError
+from ddpmcodec.container import blocks
+from ddpmcodec.errors import FormatError, ModelMismatchError
 
-MAGIC = b"DDP"
-VERSION = 2
+FORMAT_BYTE = 0xD3  # high nibble: .ddpm marker, low nibble: format version
+VERSION = FORMAT_BYTE & 0x0F
+LEGACY_MAGIC = b"DDP"  # versions 1-2 started with b"DDP" + a version byte
 MODEL_ID_BYTES = 4
-CRC_BYTES = 4
 MODE_PROGRESSIVE = 0
 MODE_BITSBACK = 1
 PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
 DEFAULTS = {"n_steps": 50, "t_end": 4, "budget_bits": 12, "margin_bits": 0, "seed": 0}
-_F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM = 0x04, 0x08, 0x10, 0x20
+_F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_F_RESERVED = 0xC0
+MAX_VARINT_BYTES = 10
 
 
 def write_varint(out: io.BytesIO, value: int) -> None:
@@ -42,7 +49,7 @@ def write_varint(out: io.BytesIO, value: int) -> None:
 
 def read_varint(buf: io.BytesIO) -> int:
     shift, value = 0, 0
-    while True:
+    for _ in range(MAX_VARINT_BYTES):
         b = buf.read(1)
         if not b:
             raise FormatError("truncated header")
@@ -50,8 +57,7 @@ def read_varint(buf: io.BytesIO) -> int:
         if not b[0] & 0x80:
             return value
         shift += 7
-        if shift > 63:
-            raise FormatError("corrupt header (varint too long)")
+    raise FormatError("corrupt header (varint too long)")
 
 
 @dataclass
@@ -59,11 +65,11 @@ class Header:
     """Everything a decoder needs besides the model."""
 
     mode: int  # MODE_PROGRESSIVE | MODE_BITSBACK
-    model_id: bytes  # MODEL_ID_BYTES: prefix of the codec identity (weights + profile)
-    width: int
+    model_id: bytes  # MODEL_ID_BYTES: prefix of the codec identity (weights + profile); only its first byte is stored
+    width: int  # 0 when read without the model and the image is one tile (resolved by unpack(..., tile=))
     height: int
     source_mode: int  # index into SOURCE_MODES
-    tile: int  # model resolution; image padded to multiples of it
+    tile: int  # model resolution (not stored: it is part of the model identity)
     n_steps: int  # schedule parameter (equal-KL quantiles)
     t_end: int  # last coded timestep; x_0 is coded directly from x_{t_end}
     steps_present: int  # coded steps (transitions) in the payload, 0..len(schedule)-1
@@ -73,21 +79,23 @@ class Header:
     prior_kind: int  # index into PRIOR_KINDS
     seed: int
     pixel_crc: int  # low 16 bits of the CRC-32 of the original pixels (stored only when lossless)
-    payload_bytes: int  # length of the complete payload
+    payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
 
     def pack_body(self) -> bytes:
-        if len(self.model_id) != MODEL_ID_BYTES or self.mode > 3 or not 0 < self.budget_bits < 16 or not (
+        """Everything from the format byte up to (not including) the header check."""
+        if len(self.model_id) != MODEL_ID_BYTES or self.mode not in (0, 1) or not 0 < self.budget_bits < 16 or not (
                 0 <= self.margin_bits < 16):
             raise ValueError("header field out of range")
         custom = self.settings() != DEFAULTS
-        flags = (self.mode | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
-                 | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom)
+        one_tile = self.width == self.height == self.tile
+        flags = (_F_BITSBACK * self.mode | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
+                 | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile)
         out = io.BytesIO()
-        out.write(self.model_id + bytes([flags]))
-        for v in (self.width - 1, self.height - 1, self.tile, self.steps_present, self.payload_bytes):
+        out.write(bytes([FORMAT_BYTE, self.model_id[0], flags]))
+        for v in ([] if one_tile else [self.width - 1, self.height - 1]) + [self.steps_present, self.payload_bytes]:
             write_varint(out, v)
         if custom:
             for v in (self.n_steps, self.t_end, self.budget_bits << 4 | self.margin_bits, self.seed):
@@ -97,14 +105,19 @@ class Header:
         return out.getvalue()
 
     @classmethod
-    def unpack_body(cls, buf: io.BytesIO) -> "Header":
-        head = buf.read(MODEL_ID_BYTES + 1)
-        if len(head) != MODEL_ID_BYTES + 1:
+    def unpack_body(cls, buf: io.BytesIO, model_id: bytes | None, tile: int | None) -> "Header":
+        head = buf.read(3)
+        if len(head) != 3:
             raise FormatError("truncated header")
-        flags = head[-1]
-        if flags & 0xC0:
+        tag, flags = head[1], head[2]
+        if flags & _F_RESERVED:
             raise FormatError("corrupt header (unknown flags)")
-        w, h, tile, present, size = (read_varint(buf) for _ in range(5))
+        one_tile = bool(flags & _F_ONE_TILE)
+        if one_tile:
+            w = h = tile or 0
+        else:
+            w, h = read_varint(buf) + 1, read_varint(buf) + 1
+        present, size = read_varint(buf), read_varint(buf)
         settings = dict(DEFAULTS)
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
@@ -115,68 +128,97 @@ class Header:
             if len(extra) != 2:
                 raise FormatError("truncated header")
             crc = int.from_bytes(extra, "little")
-        return cls(mode=flags & 3, model_id=head[:MODEL_ID_BYTES], width=w + 1, height=h + 1,
-                   source_mode=int(bool(flags & _F_GRAY)), tile=tile, steps_present=present,
+        ident = model_id if model_id is not None else bytes([tag]) + bytes(MODEL_ID_BYTES - 1)
+        return cls(mode=int(bool(flags & _F_BITSBACK)), model_id=ident, width=w, height=h,
+                   source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
                    pixel_crc=crc, payload_bytes=size, **settings)
 
 
-def _header_check(prefix: bytes) -> bytes:
-    return (zlib.crc32(prefix) & 0xFFFF).to_bytes(2, "little")
-
-
-def _file_check(prefix: bytes, payload: bytes) -> bytes:
-    return (zlib.crc32(payload, zlib.crc32(prefix)) & 0xFFFF).to_bytes(2, "little")
+def _crc_header(model_id: bytes, body: bytes) -> int:
+    return zlib.crc32(body, zlib.crc32(model_id))
 
 
 def pack(header: Header, payload: bytes) -> bytes:
     if len(payload) != header.payload_bytes:
         raise ValueError("payload length does not match header")
-    prefix = MAGIC + bytes([VERSION]) + header.pack_body()
-    return prefix + _header_check(prefix) + _file_check(prefix, payload) + payload
+    body = header.pack_body()
+    crc = _crc_header(header.model_id, body)
+    header_check = blocks.check16(crc)
+    crc = zlib.crc32(header_check, crc)
+    stored = blocks.insert_checks(payload, crc)
+    return body + header_check + blocks.check16(zlib.crc32(stored, crc)) + stored
 
 
 @dataclass
 class Parsed:
     header: Header
-    header_bytes: int  # size of everything before the payload
-    payload: bytes  # as present in the file (may be shorter than declared for a prefix)
-    complete: bool  # payload fully present and CRC verified
+    header_bytes: int  # size of everything before the stored payload
+    payload: bytes  # coder bytes to use: all of them for a complete file, the verified blocks of a partial one
+    complete: bool  # payload fully present (and, when verified, its whole-file check passed)
+    verified: bool  # checks verified against a model identity (False when read without one)
+    present_bytes: int  # coder bytes present in the file (>= len(payload) for a partial file)
 
 
-def unpack(data: bytes) -> Parsed:
-    """Parse and verify; raises FormatError with a one-line reason."""
-    if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
-        raise FormatError("not a .ddpm file (bad magic)")
-    version = data[len(MAGIC)]
-    if version != VERSION:
-        raise FormatError(f"unsupported .ddpm format version {version} (this build reads version {VERSION})")
-    buf = io.BytesIO(data[len(MAGIC) + 1:])
-    header = Header.unpack_body(buf)
-    body_end = len(MAGIC) + 1 + buf.tell()
-    crc = data[body_end: body_end + CRC_BYTES]
-    if len(crc) != CRC_BYTES:
+def legacy_version(data: bytes) -> int | None:
+    """The version byte of a version-1/2 file (b"DDP" + version), else None."""
+    if len(data) >= 4 and data[:3] == LEGACY_MAGIC:
+        return data[3]
+    return None
+
+
+def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) -> Parsed:
+    """Parse and verify; raises FormatError (or ModelMismatchError) with a one-line reason.
+
+    With model_id (the decoding model's codec identity) every check is verified and a partial file keeps only its
+    verified blocks; without it (a quick look before a model is loaded) nothing can be verified.
+    """
+    if not data or data[0] != FORMAT_BYTE:
+        old = legacy_version(data)
+        if old is not None:
+            raise FormatError(f"this is a version-{old} .ddpm file (written by ddpmcodec 0.1); this build reads "
+                              f"version {VERSION}: decode it with ddpmcodec 0.1 and re-encode")
+        if data and data[0] >> 4 == FORMAT_BYTE >> 4:
+            raise FormatError(f"unsupported .ddpm format version {data[0] & 15} (this build reads version {VERSION})")
+        raise FormatError("not a .ddpm file (bad format byte)")
+    buf = io.BytesIO(data)
+    header = Header.unpack_body(buf, model_id, tile)
+    body_end = buf.tell()
+    checks = data[body_end: body_end + 4]
+    if len(checks) != 4:
         raise FormatError("truncated header")
-    payload = data[body_end + CRC_BYTES:]
-    if _header_check(data[:body_end]) != crc[:2]:
-        raise FormatError("corrupt file (header check failed)")
+    if model_id is not None:
+        if data[1] != model_id[0]:
+            raise ModelMismatchError(f"file was encoded with a different model (tag {data[1]:02x}, this model's "
+                                     f"{model_id[0]:02x}); pass the same --model used to encode")
+        crc = _crc_header(model_id, data[:body_end])
+        if blocks.check16(crc) != checks[:2]:
+            raise FormatError("corrupt file (header check failed), or encoded with a different model")
+        crc = zlib.crc32(checks[:2], crc)
+    else:
+        crc = None
     _validate(header)
-    declared = header.payload_bytes
-    if len(payload) > declared:
+    stored = data[body_end + 4:]
+    expected = blocks.stored_size(header.payload_bytes)
+    if len(stored) > expected:
         raise FormatError("corrupt file (trailing bytes after the payload)")
-    complete = len(payload) == declared
-    if complete and _file_check(data[:body_end], payload) != crc[2:]:
-        raise FormatError("corrupt file (CRC mismatch)")
-    return Parsed(header, body_end + CRC_BYTES, payload, complete)
+    payload, verified, bad = blocks.split_stored(stored, header.payload_bytes, crc)
+    if bad is not None:
+        raise FormatError(f"corrupt file (check of payload block {bad + 1} failed)")
+    complete = len(stored) == expected
+    if complete and crc is not None and blocks.check16(zlib.crc32(stored, crc)) != checks[2:]:
+        raise FormatError("corrupt file (whole-file check failed)")
+    usable = payload if complete or crc is None else payload[:verified]
+    return Parsed(header, body_end + 4, usable, complete, crc is not None, len(payload))
 
 
 def _validate(h: Header) -> None:
     checks = [
-        (h.mode in (MODE_PROGRESSIVE, MODE_BITSBACK), "unknown coding mode"),
         (h.width <= 1 << 16 and h.height <= 1 << 16, "implausible image size"),
-        (1 <= h.tile <= 4096, "implausible tile size"),
-        (h.budget_bits >= 1, "implausible channel settings"),
-        (h.payload_bytes < 1 << 42 and h.n_steps < 1 << 20 and h.t_end < 1 << 20, "implausible sizes"),
+        (1 <= h.budget_bits <= 15 and h.margin_bits <= 12 and h.budget_bits + h.margin_bits <= 20,
+         "channel settings out of range"),
+        (1 <= h.n_steps <= 1 << 16 and 1 <= h.t_end < 1 << 16 and h.steps_present < 1 << 16, "implausible schedule"),
+        (h.payload_bytes < 1 << 40 and h.seed < 1 << 32, "implausible sizes"),
     ]
     for ok, msg in checks:
         if not ok:

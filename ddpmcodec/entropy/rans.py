@@ -38,6 +38,14 @@ def zipf_model(n_candidates: int, kl_bits: float):
     return _MODELS.Categorical(p / p.sum(), perfect=False)
 
 
+@lru_cache(maxsize=256)
+def zipf_min_bits(n_candidates: int, kl_bits: float) -> float:
+    """The cheapest index under :func:`zipf_model` (index 0) in bits: a lower bound on any index's code length."""
+    lam = 1.0 + 1.0 / (kl_bits + math.exp(-1.0) + 1.0)
+    total = float((np.arange(1, n_candidates + 1, dtype=np.float64) ** (-lam)).sum())
+    return math.log2(total) - 0.01  # margin for the coder's quantized probabilities
+
+
 def zipf_kl_for(q_log_kl: int, n_chunks: int, budget_bits: int) -> float:
     """The KL per chunk the index code assumes: the step's transmitted KL shared by its chunks, capped at budget."""
     total = 2.0 ** (q_log_kl / 8.0)
