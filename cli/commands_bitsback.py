@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import check_writable, load, model_options, read_input, show_progress, write_atomic, write_png
+from cli.common import (limits_option, check_output_folder, check_writable, input_folder, load, model_options, quiet_option,
+                        read_input, show_progress, write_atomic, write_png)
 from ddpmcodec.errors import InputError
 
 
@@ -33,16 +34,16 @@ def encode_bitsback(img, model, out: Path, force: bool, n_steps: int, quiet: boo
         click.echo(_summary("", out, res, img.pixels.size, res.seconds) + note, err=True)
 
 
-def decode_bitsback(data: bytes, model, out: Path, force: bool, quiet: bool) -> None:
+def decode_bitsback(data: bytes, model, out: Path, force: bool, quiet: bool, limits=None) -> None:
     """`decode` of a bits-back file holding one image: writes it as PNG."""
     from ddpmcodec.bitsback.codec import decode_images, file_info
 
     start = time.perf_counter()
-    n = file_info(data)["images"]
+    n = file_info(data, model, limits)["images"]
     if n != 1:
         raise InputError(f"this file holds a set of {n} images; extract it with `ddpmcodec unpack FILE -o DIR`")
     check_writable(out, force)
-    res = decode_images(data, model)
+    res = decode_images(data, model, limits=limits)
     write_png(res.images[0], out, res.source_modes[0], force)
     if not quiet:
         click.echo(f"-> {out}: exact image (lossless bits-back), {time.perf_counter() - start:.1f} s", err=True)
@@ -83,13 +84,13 @@ def _output_names(names: list[str] | None, n: int) -> list[str]:
 
 
 @click.command()
-@click.argument("folder", type=click.Path(file_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .ddpm file.")
+@click.argument("folder")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Output .ddpm file.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output if it exists.")
 @model_options
 @_settings_options
 @click.option("--no-names", is_flag=True, help="Do not store file names (unpack numbers the images).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@quiet_option()
 def pack(folder, output, force, model_spec, allow_pickle, device, n_steps, t_end, grid_bits, order, seed,
          no_names, quiet):
     """Code every image in FOLDER losslessly into one bits-back .ddpm file (one shared ANS stack)."""
@@ -99,7 +100,7 @@ def pack(folder, output, force, model_spec, allow_pickle, device, n_steps, t_end
 
     out = Path(output)
     check_writable(out, force)
-    files = list_image_files(folder)
+    files = list_image_files(input_folder(folder))
     if not files:
         raise InputError(f"{folder}: no image files")
     loaded = [load_image(p) for p in files]
@@ -115,30 +116,31 @@ def pack(folder, output, force, model_spec, allow_pickle, device, n_steps, t_end
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.argument("file")
+@click.option("-o", "--output", required=True, metavar="DIR", help="Output folder.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files in the output folder.")
 @model_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def unpack(file, output, force, model_spec, allow_pickle, device, quiet):
+@limits_option
+@quiet_option()
+def unpack(file, output, force, model_spec, allow_pickle, device, limits, quiet):
     """Decode a bits-back .ddpm file (pack or encode --mode bitsback) into PNG files in a folder."""
     from ddpmcodec.bitsback.codec import decode_images, file_info
 
     start = time.perf_counter()
     data = read_input(file)
-    info = file_info(data)
+    model = load(model_spec, allow_pickle, device)
+    info = file_info(data, model, limits)
     out_dir = Path(output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} exists and is not a folder")
-    if not out_dir.parent.exists():
-        raise InputError(f"{out_dir.parent}: no such directory")
+    check_output_folder(out_dir)
     targets = [out_dir / nm for nm in _output_names(info["names"], info["images"])]
+    folder = next((p for p in targets if p.is_dir()), None)
+    if folder is not None:
+        raise InputError(f"{folder} is a directory, expected a file name")
     clash = next((p for p in targets if p.exists()), None)
     if clash is not None and not force:
         raise InputError(f"{clash} exists; pass -f/--force to overwrite")
-    model = load(model_spec, allow_pickle, device)
     with _bar(info["images"], "unpack", show_progress(quiet)) as bar:
-        res = decode_images(data, model, progress=lambda k, n: bar.update(1))
+        res = decode_images(data, model, progress=lambda k, n: bar.update(1), limits=limits)
     out_dir.mkdir(exist_ok=True)
     for pixels, mode, path in zip(res.images, res.source_modes, targets):
         write_png(pixels, path, mode, force)

@@ -1,12 +1,17 @@
 """`ddpmcodec encode | decode | info | truncate | calibrate`: the progressive codec on the command line."""
 from __future__ import annotations
 
+import math
+import sys
 import time
 from pathlib import Path
 
 import click
 
-from cli.common import load, model_options, parse_stop, read_input, show_progress, write_atomic, write_png
+from cli.commands_bitsback import DEFAULT_STEPS as BITSBACK_STEPS, DEFAULT_T_END as BITSBACK_T_END
+from cli.common import (check_output_folder, check_writable, input_file, input_path, limits_option, load, model_options,
+                        parse_stop,
+                        quiet_option, read_input, show_progress, write_atomic, write_png)
 from ddpmcodec.container.header import DEFAULTS
 from ddpmcodec.errors import InputError
 
@@ -17,37 +22,62 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+# Options of `encode` that only the progressive mode uses (bits-back refuses them when given).
+_PROGRESSIVE_ONLY = {"budget_bits": "--budget", "margin_bits": "--margin", "prior": "--prior",
+                     "stop_at": "--stop-at", "target_bpp": "--target-bpp", "target_psnr": "--target-psnr",
+                     "verbose": "-v/--verbose"}
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
 @click.command()
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output file [IMAGE with .ddpm].")
+@click.argument("image", metavar="IMAGE")
+@click.option("-o", "--output", metavar="FILE", help="Output file [IMAGE with .ddpm].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output if it exists.")
 @model_options
 @click.option("--mode", type=click.Choice(["progressive", "bitsback"]), default="progressive", show_default=True)
-@click.option("--steps", "n_steps", type=click.IntRange(1, 1000), default=DEFAULTS["n_steps"], show_default=True,
-              help="Coded steps between T and --t-end (equal expected KL each).")
-@click.option("--t-end", type=click.IntRange(min=1), default=DEFAULTS["t_end"], show_default=True,
-              help="Last channel-simulated step; x_0 is then coded exactly from x_{t_end}.")
+@click.option("--steps", "n_steps", type=click.IntRange(1, 1000), default=None,
+              help=f"Coded steps between T and --t-end (equal expected KL each) "
+                   f"[{DEFAULTS['n_steps']}; {BITSBACK_STEPS} with --mode bitsback].")
+@click.option("--t-end", type=click.IntRange(min=1), default=None,
+              help=f"Last channel-simulated step; x_0 is then coded exactly from x_{{t_end}} "
+                   f"[{DEFAULTS['t_end']}; {BITSBACK_T_END} with --mode bitsback].")
 @click.option("--budget", "budget_bits", type=click.IntRange(1, 15), default=DEFAULTS["budget_bits"], show_default=True,
-              help="Target KL per PFR chunk, bits.")
+              help="Target KL per PFR chunk, bits (progressive only).")
 @click.option("--margin", "margin_bits", type=click.IntRange(0, 12), default=DEFAULTS["margin_bits"],
               show_default=True,
-              help="Extra candidate bits per chunk (2^(budget+margin) candidates).")
-@click.option("--prior", type=click.Choice(["calibrated", "fixedlarge"]), default="calibrated", show_default=True)
+              help="Extra candidate bits per chunk (2^(budget+margin) candidates; progressive only).")
+@click.option("--prior", type=click.Choice(["calibrated", "fixedlarge"]), default="calibrated", show_default=True,
+              help="Prior variance (progressive only).")
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=DEFAULTS["seed"], show_default=True,
-              help="Seed of the shared randomness (candidates, x_T).")
-@click.option("--stop-at", "stop_at", help="End the file early: t=N (lossy) or lossless [lossless].")
+              help="Seed of the shared randomness (candidates, x_T; bits-back: noise and initial words).")
+@click.option("--stop-at", "stop_at",
+              help="End the file early: t=N (lossy; at the first coded step at or below N) or lossless [lossless].")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), help="Largest prefix within this bpp.")
 @click.option("--target-psnr", type=float, help="Stop at the first step whose reconstruction reaches this PSNR.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-@click.option("-v", "--verbose", is_flag=True, help="Print the per-step table.")
-def encode(image, output, force, model_spec, allow_pickle, device, mode, n_steps, t_end, budget_bits, margin_bits,
-           prior, seed, stop_at, target_bpp, target_psnr, quiet, verbose):
-    """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3)."""
+@quiet_option()
+@click.option("-v", "--verbose", is_flag=True, help="Print the per-step table (progressive only).")
+@click.pass_context
+def encode(ctx, image, output, force, model_spec, allow_pickle, device, mode, n_steps, t_end, budget_bits,
+           margin_bits, prior, seed, stop_at, target_bpp, target_psnr, quiet, verbose):
+    """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3).
+
+    --mode bitsback codes the image losslessly with bits-back coding (100 steps down to t=1 by default); it takes
+    --steps, --t-end and --seed, and refuses the progressive-only options (--budget, --margin, --prior,
+    --stop-at, --target-bpp, --target-psnr, -v).
+    """
     from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
     from ddpmcodec.codec.stop_points import truncate
     from ddpmcodec.images import load_image
-    from cli.common import check_writable
 
+    if mode == "bitsback":
+        given = [flag for name, flag in _PROGRESSIVE_ONLY.items() if _explicit(ctx, name)]
+        if given:
+            raise InputError(f"{', '.join(given)}: not available with --mode bitsback (a lossless, "
+                             "non-progressive mode)")
+    input_file(image)
     out = Path(output) if output else Path(image).with_suffix(".ddpm")
     check_writable(out, force)
     stop_t, stop_bytes = parse_stop(stop_at)
@@ -55,18 +85,22 @@ def encode(image, output, force, model_spec, allow_pickle, device, mode, n_steps
         raise InputError("encode --stop-at takes t=N or lossless; use --target-bpp for a size limit")
     if sum(x is not None for x in (stop_at, target_bpp, target_psnr)) > 1:
         raise InputError("choose one of --stop-at, --target-bpp, --target-psnr")
+    if target_psnr is not None and math.isnan(target_psnr):
+        raise InputError("--target-psnr must be a number of dB, got nan")
     img = load_image(image)
     model = load(model_spec, allow_pickle, device)
     if mode == "bitsback":
         from cli.commands_bitsback import encode_bitsback
 
-        return encode_bitsback(img, model, out, force, n_steps, quiet)
+        return encode_bitsback(img, model, out, force, n_steps or BITSBACK_STEPS, quiet,
+                               t_end=t_end or BITSBACK_T_END, seed=seed)
+    n_steps, t_end = n_steps or DEFAULTS["n_steps"], t_end or DEFAULTS["t_end"]
     settings = CodecSettings(n_steps=n_steps, t_end=t_end, budget_bits=budget_bits, margin_bits=margin_bits,
                              seed=seed, prior=prior)
     h, w = img.pixels.shape[:2]
     with _bar(n_steps, "encode", show_progress(quiet)) as bar:
         res = run_encode(img.pixels, model, settings, source_mode=img.source_mode, stop_at_t=stop_t or 0,
-                         target_psnr=target_psnr, progress=lambda k, n: (setattr(bar, "total", n), bar.update(1)))
+                         target_psnr=target_psnr, progress=_advance(bar))
     data, stats = res.data, res.steps
     if target_bpp is not None:
         budget = int(target_bpp * h * w / 8)
@@ -85,143 +119,222 @@ def encode(image, output, force, model_spec, allow_pickle, device, mode, n_steps
         click.echo(f"{'t':>6} {'bytes':>8} {'bpp':>8} {'ideal bits':>11} {'PSNR dB':>8}", err=True)
         for s in stats:
             click.echo(f"{s.t:>6} {s.bytes_if_stopped:>8} {8 * s.bytes_if_stopped / (h * w):>8.4f} "
-                       f"{s.ideal_bits:>11.1f} {s.psnr:>8.2f}", err=True)
+                       f"{s.ideal_bits:>11.1f} {_db(s.psnr, 8)}", err=True)
     if not quiet:
-        kind = "lossless" if final.t == 0 else f"lossy, stops at t={final.t}, PSNR {final.psnr:.2f} dB"
+        if written.lossless:
+            kind = "lossless"
+            if target_psnr is not None:
+                kind += " (target PSNR not reached before the last step)"
+        else:
+            kind = f"lossy, stops at t={final.t}"
+            if stop_t and final.t != stop_t:
+                kind += f" (first coded step at or below t={stop_t})"
+            if _finite(final.psnr):
+                kind += f", PSNR {final.psnr:.2f} dB"
+            if target_psnr is not None and not (_finite(final.psnr) and final.psnr >= target_psnr):
+                kind += f" (target PSNR {target_psnr:g} dB not reached)"
         note = f" [{img.note}]" if img.note else ""
         click.echo(f"{image} -> {out}: {len(data)} bytes, {8 * len(data) / (h * w):.3f} bpp ({kind}), "
                    f"{res.seconds:.1f} s{note}", err=True)
 
 
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _db(x, width: int) -> str:
+    """PSNR column: inf for exact, '-' where none was measured (never 'nan')."""
+    if x is None or math.isnan(x):
+        return f"{'-':>{width}}"
+    return f"{x:>{width}.2f}"
+
+
+def _advance(bar):
+    """progress(k, n) callback: the bar shows k of n."""
+    def update(k: int, n: int) -> None:
+        bar.total = n
+        bar.update(k - bar.n)
+
+    return update
+
+
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output PNG [FILE with .png].")
+@click.argument("file")
+@click.option("-o", "--output", metavar="FILE", help="Output PNG [FILE with .png].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite outputs if they exist.")
 @model_options
-@click.option("--stop-at", "stop_at", help="t=N or bytes=N: decode only that far (lossy preview).")
-@click.option("--frames", type=click.Path(file_okay=False), help="Also write x^_0 at every coded step here (+ strip).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def decode(file, output, force, model_spec, allow_pickle, device, stop_at, frames, quiet):
-    """Decode a .ddpm FILE to PNG, optionally stopping early (Algorithm 4)."""
+@click.option("--stop-at", "stop_at",
+              help="t=N or bytes=N: decode only that far (lossy preview; t=N stops at the first coded step at or "
+                   "below N).")
+@click.option("--frames", metavar="DIR",
+              help="Also write x^_0 at every coded step into this folder (+ strip, animation).")
+@click.option("--allow-partial", is_flag=True,
+              help="Exit 0 for a partial file (payload cut off) instead of 3.")
+@limits_option
+@quiet_option()
+def decode(file, output, force, model_spec, allow_pickle, device, stop_at, frames, allow_partial, limits, quiet):
+    """Decode a .ddpm FILE to PNG, optionally stopping early (Algorithm 4).
+
+    A partial file (shorter than its header says, e.g. a cut-off download) decodes to the last step it holds: the
+    image is written, a one-line warning goes to stderr (even with -q) and the exit status is 3. With
+    --allow-partial the exit status is 0 and -q silences the warning.
+    """
     from ddpmcodec.container import header as container
     from ddpmcodec.codec.progressive import decode_progressive
-    from ddpmcodec.images import save_image
-    from cli.common import check_writable
 
     start = time.perf_counter()
     data = read_input(file)
     out = Path(output) if output else Path(file).with_suffix(".png")
     check_writable(out, force)
+    frames_dir = Path(frames) if frames else None
+    if frames_dir:
+        check_output_folder(frames_dir)
+        if frames_dir.exists() and any(frames_dir.iterdir()) and not force:
+            raise InputError(f"{frames_dir} is not empty; pass -f/--force to write into it")
+    stop_t, stop_bytes = parse_stop(stop_at)
     parsed = container.unpack(data)
     if parsed.header.mode == container.MODE_BITSBACK:
         from cli.commands_bitsback import decode_bitsback
 
-        return decode_bitsback(data, load(model_spec, allow_pickle, device), out, force, quiet)
-    frames_dir = Path(frames) if frames else None
-    if frames_dir:
-        if frames_dir.exists() and any(frames_dir.iterdir()) and not force:
-            raise InputError(f"{frames_dir} is not empty; pass -f/--force to write into it")
-        frames_dir.mkdir(parents=True, exist_ok=True)
-    stop_t, stop_bytes = parse_stop(stop_at)
+        if frames_dir or stop_at:
+            raise InputError("--frames and --stop-at need a progressive file; this one is bits-back (lossless only)")
+        return decode_bitsback(data, load(model_spec, allow_pickle, device), out, force, quiet, limits)
     model = load(model_spec, allow_pickle, device)
     mode = container.SOURCE_MODES[parsed.header.source_mode]
     last, shots = None, []
+    if frames_dir:
+        frames_dir.mkdir(exist_ok=True)
     with _bar(parsed.header.steps_present + 1, "decode", show_progress(quiet)) as bar:
         for step in decode_progressive(data, model, stop_at_t=stop_t, stop_at_bytes=stop_bytes,
-                                       every_step=frames_dir is not None):
+                                       every_step=frames_dir is not None, progress=_advance(bar), limits=limits):
             last = step
-            bar.update(1)
             if frames_dir:
-                save_image(step.pixels, frames_dir / f"step{len(shots):04d}_t{step.t:04d}.png", mode)
+                write_png(step.pixels, frames_dir / f"step{len(shots):04d}_t{step.t:04d}.png", mode, force)
                 shots.append(step)
     if last is None:
         raise InputError("nothing to decode")
     if frames_dir and shots:
-        _write_strip(shots, frames_dir)
+        _write_strip(shots, frames_dir, force)
     write_png(last.pixels, out, mode, force)
     if not quiet:
         what = "exact image (lossless)" if last.t == 0 else f"x^_0 at t={last.t}"
+        if stop_t is not None and last.t != stop_t and parsed.complete:
+            what += (f" (first coded step at or below t={stop_t})" if last.t < stop_t
+                     else f" (the file holds no step at or below t={stop_t})")
         partial = "" if parsed.complete else " [partial file]"
         click.echo(f"{file} -> {out}: {what} from {last.bytes_read} of {len(data)} bytes{partial}, "
                    f"{time.perf_counter() - start:.1f} s", err=True)
+    if not parsed.complete:
+        full = _complete_size(parsed)
+        if not (allow_partial and quiet):
+            click.echo(f"warning: {file} is a partial file: decoded up to t={last.t}, {len(data)} of {full} "
+                       f"bytes present{'' if allow_partial else '; exit status 3 (--allow-partial accepts it)'}",
+                       err=True)
+        if not allow_partial:
+            sys.exit(PARTIAL_EXIT)
 
 
-def _write_strip(shots, frames_dir: Path) -> None:
-    """An animated PNG of every frame and a strip of up to 10 evenly spaced frames."""
+PARTIAL_EXIT = 3  # decode wrote the image of a partial file without --allow-partial
+
+
+def _complete_size(parsed) -> int:
+    """Bytes of the complete file that a partial file was cut from (header + payload with its block checks)."""
+    from ddpmcodec.container.blocks import stored_size
+
+    return parsed.header_bytes + stored_size(parsed.header.payload_bytes)
+
+
+def _write_strip(shots, frames_dir: Path, force: bool) -> None:
+    """An animated PNG of every frame and a strip of up to 10 evenly spaced frames (atomic, no clobbering)."""
+    import io
+
     import numpy as np
     from PIL import Image
 
     ims = [Image.fromarray(s.pixels) for s in shots]
-    ims[0].save(frames_dir / "animation.png", save_all=True, append_images=ims[1:], duration=80, loop=0)
+    buf = io.BytesIO()
+    ims[0].save(buf, format="PNG", save_all=True, append_images=ims[1:], duration=80, loop=0)
+    write_atomic(frames_dir / "animation.png", buf.getvalue(), force)
     pick = sorted(set(np.linspace(0, len(shots) - 1, min(10, len(shots))).round().astype(int).tolist()))
     strip = np.concatenate([shots[i].pixels for i in pick], axis=1)
-    Image.fromarray(strip).save(frames_dir / "strip.png")
+    write_png(strip, frames_dir / "strip.png", "RGB", force)
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @model_options
 @click.option("--no-steps", is_flag=True, help="Header only (no model needed).")
-def info(file, model_spec, allow_pickle, device, no_steps):
-    """Print a .ddpm file's header and its per-step table (t, cumulative bytes, bpp)."""
+@limits_option
+@quiet_option("No warning on stderr (the header and table are the output).")
+def info(file, model_spec, allow_pickle, device, no_steps, limits, quiet):
+    """Print a .ddpm file's header and its per-step table (t, cumulative bytes, bpp); flags partial files."""
     from ddpmcodec.container import header as container
     from ddpmcodec.codec.stop_points import bitsback_summary_lines, step_table, summary_lines
 
     data = read_input(file)
     parsed = container.unpack(data)
     if parsed.header.mode == container.MODE_BITSBACK:
-        for line in bitsback_summary_lines(data):
+        model = None if no_steps else load(model_spec, allow_pickle, "cpu")
+        for line in bitsback_summary_lines(data, model, limits):
             click.echo(line)
-        return
-    table = None
-    if not no_steps and parsed.header.mode == container.MODE_PROGRESSIVE:
-        parsed, table = step_table(data, load(model_spec, allow_pickle, "cpu"))
-    for line in summary_lines(parsed, table):
-        click.echo(line)
+    else:
+        table = None
+        if not no_steps and parsed.header.mode == container.MODE_PROGRESSIVE:
+            parsed, table = step_table(data, load(model_spec, allow_pickle, "cpu"), limits)
+        for line in summary_lines(parsed, table):
+            click.echo(line)
+    if not parsed.complete and not quiet:
+        full = _complete_size(parsed)
+        click.echo(f"warning: {file} is a partial file: {len(data)} of {full} bytes present "
+                   f"(`ddpmcodec truncate {file} -o FILE` makes a complete file of its whole steps)", err=True)
 
 
 @click.command(name="truncate")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--stop-at", "stop_at", help="t=N or bytes=N [every complete step: repairs a partial download].")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output [FILE in place, needs -f].")
+@click.option("-o", "--output", metavar="FILE", help="Output [FILE in place, needs -f].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (or FILE itself).")
 @model_options
-def truncate_cmd(file, stop_at, output, force, model_spec, allow_pickle, device):
+@limits_option
+@quiet_option("No summary line.")
+def truncate_cmd(file, stop_at, output, force, model_spec, allow_pickle, device, limits, quiet):
     """Cut a progressive .ddpm file at a coded step without running the network; the result is a valid file."""
     from ddpmcodec.codec.stop_points import truncate
 
     data = read_input(file)
+    out = Path(output) if output else Path(file)
+    check_writable(out, force)
     stop_t, stop_bytes = parse_stop(stop_at)
-    new = truncate(data, load(model_spec, allow_pickle, "cpu"), stop_at_t=stop_t, stop_at_bytes=stop_bytes)
+    new = truncate(data, load(model_spec, allow_pickle, "cpu"), stop_at_t=stop_t, stop_at_bytes=stop_bytes,
+                   limits=limits)
     if stop_at is None and new == data:
         raise InputError("the file is complete, so there is nothing to cut; pass --stop-at t=N or bytes=N")
-    out = Path(output) if output else Path(file)
     write_atomic(out, new, force)
-    click.echo(f"{file} -> {out}: {len(data)} -> {len(new)} bytes", err=True)
+    if not quiet:
+        click.echo(f"{file} -> {out}: {len(data)} -> {len(new)} bytes", err=True)
 
 
 @click.command()
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Calibrated weights file.")
-@click.option("-f", "--force", is_flag=True)
+@click.option("-o", "--output", required=True, metavar="FILE", help="Calibrated weights file.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output if it exists.")
 @model_options
 @click.option("--data", default=None, help="Images (npz or folder) [shared CIFAR-10 lossless training originals].")
 @click.option("--limit", type=click.IntRange(min=1), default=48, show_default=True, help="Images to measure on.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@quiet_option()
 def calibrate(output, force, model_spec, allow_pickle, device, data, limit, seed, quiet):
     """Measure the model's rate/MSE profile on training images and save a copy of the model carrying it."""
     import numpy as np
 
     from ddpmcodec.schedule.calibrate import measure_profile, write_calibrated_model
     from ddpmcodec.data import load_images, load_npz_images, shared_data_file
-    from cli.common import check_writable
 
     out = Path(output)
     check_writable(out, force)
     if data is None:
         images, name = load_npz_images(shared_data_file("cifar10-train-lossless.npz")), "cifar10-train-lossless"
     else:
-        images, name = load_images(data), Path(data).name
+        images, name = load_images(input_path(data)), Path(data).name
     rng = np.random.default_rng(seed)
     images = images[rng.choice(len(images), min(limit, len(images)), replace=False)]
     model = load(model_spec, allow_pickle, device)

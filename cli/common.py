@@ -1,6 +1,7 @@
-"""Helpers shared by the CLI commands: model options, devices, safe output, progress bars."""
+"""Helpers shared by the CLI commands: model options, devices, input/output checks, safe output, progress bars."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def quiet_option(help: str = "No progress bar or summary."):
+    """-q/--quiet, which every command takes."""
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
 def model_options(f):
     """--model / --allow-pickle / --device, in that order on the command line help."""
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")(f)
@@ -36,19 +42,96 @@ def model_options(f):
     return f
 
 
+def limits_option(f):
+    """--max-pixels: raise the decoder's limits for a genuinely large image (passes `limits` to the command)."""
+    def to_limits(ctx, param, value):
+        from ddpmcodec.container.limits import DecodeLimits
+
+        return DecodeLimits() if value is None else DecodeLimits.raised(value)
+
+    return click.option("--max-pixels", "limits", type=click.IntRange(min=1), default=None, callback=to_limits,
+                        help="Decode images of up to this many pixels (default 16,777,216) and lift the work-per-byte "
+                             "limit: only for genuinely large images from a trusted source.")(f)
+
+
 def load(model_spec: str, allow_pickle: bool, device: str):
     from ddpmcodec.network.model_io import load_model
 
     return load_model(model_spec, device=resolve_device(device), allow_pickle=allow_pickle)
 
 
+def input_file(path: str | Path) -> Path:
+    """An existing, readable regular file, else a one-line InputError."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a directory, expected a file")
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    return p
+
+
+def input_folder(path: str | Path) -> Path:
+    """An existing, listable directory, else a one-line InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such folder")
+    if not p.is_dir():
+        raise InputError(f"{p} is not a folder")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise InputError(f"{p}: cannot read (permission denied)")
+    return p
+
+
+def input_path(path: str | Path) -> Path:
+    """An existing file or folder (data sources that take either)."""
+    p = Path(path)
+    return input_folder(p) if p.is_dir() else input_file(p)
+
+
 def check_writable(path: Path, force: bool) -> None:
+    """An output file: not a directory, not an existing file without force, in an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, expected a file name")
     if path.exists() and not force:
         raise InputError(f"{path} exists; pass -f/--force to overwrite")
-    if path.exists() and path.is_dir():
-        raise InputError(f"{path} is a directory")
-    if not path.parent.exists():
-        raise InputError(f"{path.parent}: no such directory")
+    check_parent(path)
+
+
+def check_parent(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        raise InputError(f"{parent}: no such directory")
+    if not parent.is_dir():
+        raise InputError(f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{parent}: cannot write (permission denied)")
+
+
+def check_output_folder(path: Path) -> None:
+    """An output folder: an existing folder, or a new one whose parent exists."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a folder")
+    if not path.exists():
+        check_parent(path)
+
+
+def check_creatable_folder(path: Path) -> None:
+    """A folder the command creates with its parents: it, or its nearest existing ancestor, must be a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a folder")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{probe} is not a directory")
 
 
 def write_atomic(path: Path, data: bytes, force: bool) -> None:
@@ -65,10 +148,11 @@ def write_png(pixels, path: Path, source_mode: str, force: bool) -> None:
 
 
 def read_input(path: str) -> bytes:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    return p.read_bytes()
+    p = input_file(path)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
 
 
 def parse_stop(value: str | None) -> tuple[int | None, int | None]:

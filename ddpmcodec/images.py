@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,21 +24,77 @@ class LoadedImage:
 def load_image(path: str | Path) -> LoadedImage:
     """Read an image file; convert what converts losslessly, refuse the rest with a clear message."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, expected an image file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
+            _refuse_deep(im)
             im.load()
             return image_to_array(im)
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
+def _deep_error(what: str) -> InputError:
+    return InputError(f"{what} images (more than 8 bits per channel) are not supported; convert to 8-bit first")
+
+
+_DEEP_RAWMODE = re.compile(r";(16|32|F)|^(I|F)(;|$)")
+
+
+def source_bit_depth(im: Image.Image) -> int | None:
+    """Bits per channel stored in the file (before Pillow converts anything), or None if unknown.
+
+    Pillow opens 16-bit RGB(A) PNG and TIFF files as 8-bit "RGB"/"RGBA", so the mode alone cannot tell."""
+    fmt = im.format or ""
+    if fmt == "PNG":
+        fp = getattr(im, "fp", None)
+        try:
+            pos = fp.tell()
+            fp.seek(0)
+            head = fp.read(26)
+            fp.seek(pos)
+        except (AttributeError, OSError, ValueError):
+            head = b""
+        if len(head) >= 26 and head[12:16] == b"IHDR":
+            return head[24]
+    if fmt == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258)
+        if bits:
+            return max(bits) if isinstance(bits, tuple) else int(bits)
+    deepest = None
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+        if isinstance(raw, str) and _DEEP_RAWMODE.search(raw):
+            deepest = 16
+        if fmt == "PPM" and isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) and args[1] > 255:
+            deepest = 16  # P3/P6 with maxval > 255
+    return deepest
+
+
+def _refuse_deep(im: Image.Image) -> None:
+    """Refuse inputs with more than 8 bits per channel (Pillow would silently cut them to 8 bits)."""
+    bits = source_bit_depth(im)
+    if bits is None or bits <= 8:
+        return
+    tiles = getattr(im, "tile", None) or []
+    args = tiles[0][3] if tiles and len(tiles[0]) > 3 else None
+    raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else im.mode)
+    layout = str(raw).split(";")[0]
+    kind = {"RGB": "RGB", "RGBA": "RGBA", "LA": "grayscale+alpha", "L": "grayscale", "I": "grayscale"}.get(
+        layout, im.mode if not im.mode.startswith("I") else "grayscale")
+    raise _deep_error(f"{bits}-bit {kind}")
+
+
 def image_to_array(im: Image.Image) -> LoadedImage:
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F") or mode.startswith("I;"):
-        raise InputError(f"{mode} images ({'16-bit' if '16' in mode else 'high bit depth'}) are not supported; "
-                         "convert to 8-bit RGB first")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        raise _deep_error("16-bit grayscale" if "16" in mode else f"high bit depth ({mode})")
     if mode == "CMYK" or mode == "YCbCr" or mode == "LAB" or mode == "HSV":
         raise InputError(f"{mode} images are not supported; convert to RGB first")
     note = ""
@@ -72,8 +129,10 @@ def png_bytes(pixels: np.ndarray, source_mode: str = "RGB") -> bytes:
 
 
 def save_image(pixels: np.ndarray, path: str | Path, source_mode: str = "RGB") -> None:
-    """Write (H, W, 3) uint8 as PNG (grayscale sources as single-channel PNG)."""
-    Path(path).write_bytes(png_bytes(pixels, source_mode))
+    """Write (H, W, 3) uint8 as PNG (grayscale sources as single-channel PNG), atomically."""
+    from ddpmcodec.atomic_write import atomic_write
+
+    atomic_write(path, png_bytes(pixels, source_mode))
 
 
 def tile_grid(height: int, width: int, tile: int) -> tuple[int, int]:
