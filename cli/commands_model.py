@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
-from cli.common import resolve_device as _device, show_progress as _progress
+from cli.common import (check_creatable_folder, input_path, quiet_option, resolve_device as _device,
+                        show_progress as _progress)
+from ddpmcodec.errors import InputError
 
 
 @click.command()
 @click.option("--out", "out", default="runs/train/model.safetensors", show_default=True,
-              type=click.Path(dir_okay=False), help="EMA weights file; its .train.pt sidecar makes reruns resume.")
+              help="EMA weights file; its .train.pt sidecar makes reruns resume.")
 @click.option("--init", default=None, help="Start from these weights (e.g. 'default', the bundled model).")
 @click.option("--arch", default="cifar10-ch64", show_default=True,
               help="New model: preset (cifar10-ch64, cifar10-ch128, tiny) or UNetConfig JSON file.")
@@ -28,7 +30,7 @@ from cli.common import resolve_device as _device, show_progress as _progress
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--name", default=None, help="Model name stored in the weights [--out file stem].")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-based --init checkpoints (only if trusted).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
+@quiet_option("No progress bar or messages.")
 def train(out, init, arch, data, steps, batch_size, lr, warmup, ema, checkpoint_every, sample_every, sample_steps,
           n_samples, log_every, seed, device, name, allow_pickle, quiet):
     """Train a DDPM with the paper's recipe (L_simple, Adam, EMA, flips, clip 1), or resume --out.
@@ -36,8 +38,15 @@ def train(out, init, arch, data, steps, batch_size, lr, warmup, ema, checkpoint_
     Writes the EMA weights to --out (safetensors) and the optimizer/raw-weights/RNG state to a .train.pt sidecar;
     running the same command again continues from it. Options left unset keep their stored (or default) values.
     """
+    from pathlib import Path
+
     from ddpmcodec.network.training import train as run_train
 
+    if Path(out).is_dir():
+        raise InputError(f"{out} is a directory, expected a .safetensors file name")
+    check_creatable_folder(Path(out).parent)
+    if data is not None:
+        input_path(data)
     given = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "ema_decay": ema,
              "checkpoint_every": checkpoint_every, "sample_every": sample_every, "sample_steps": sample_steps,
              "n_samples": n_samples, "log_every": log_every, "seed": seed}
@@ -50,8 +59,9 @@ def train(out, init, arch, data, steps, batch_size, lr, warmup, ema, checkpoint_
 @click.command()
 @click.option("--model", "model_spec", default="default", show_default=True,
               help="Weights: 'default' (bundled), a .safetensors/.ckpt file or a diffusers folder.")
-@click.option("--images", default=None, type=click.Path(exists=True),
-              help="Folder or .npz of images [default: the 500 CIFAR-10 dev test images].")
+@click.option("--images", default=None, metavar="PATH",
+              help="Folder, .npz, or CIFAR-10 python data (cifar-10-python.tar.gz or cifar-10-batches-py: test "
+                   "batch; add ::train for the training batches) [default: the 500 CIFAR-10 dev test images].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @click.option("--t-samples", type=click.IntRange(min=1), default=None,
               help="Monte-Carlo: K random t per image (plus the exact decoder term) instead of all T.")
@@ -63,15 +73,22 @@ def train(out, init, arch, data, steps, batch_size, lr, warmup, ema, checkpoint_
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Network precision on CUDA (fp32 runs with TF32 off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise and the t samples.")
-@click.option("--out", "out_dir", default="runs/bound", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="runs/bound", show_default=True,
               help="Folder for the JSON (per-t terms) and the PNG plot.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle-based checkpoints (only if trusted).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@quiet_option("No progress bar and no 'wrote' line.")
 def bound(model_spec, images, limit, t_samples, t_sampling, batch_size, device, precision, seed, out_dir,
           allow_pickle, quiet):
     """Variational bound in bits/dim as the official calc_bpd_loop: rate + distortion = total, vs the paper."""
     from ddpmcodec.bound import format_report, run_bound
 
+    from pathlib import Path
+
+    if images is not None:
+        from ddpmcodec.data import split_source
+
+        input_path(split_source(images)[0])  # "archive.tar.gz::train": check the path without its split
+    check_creatable_folder(Path(out_dir))
     device = _device(device)
     result, paths = run_bound(model_spec, images=images, limit=limit, out_dir=out_dir, device=device,
                               allow_pickle=allow_pickle, t_samples=t_samples, t_sampling=t_sampling, seed=seed,

@@ -7,6 +7,9 @@ Sources
   and ``cifar10-train-jpeg75.npz`` (``jpeg_bytes`` + ``offsets``: concatenated JPEG files decoded with PIL).
 * Any ``.npz`` with an ``images`` array or the ``jpeg_bytes``/``offsets`` pair.
 * Any folder of image files (png, jpg, webp, ...), converted to RGB, sorted by file name.
+* The official CIFAR-10 python archive ``cifar-10-python.tar.gz`` (read in place, never extracted), its extracted
+  folder ``cifar-10-batches-py/`` or one batch file of it; see :func:`load_cifar10_python`. Download it from
+  https://www.cs.toronto.edu/~kriz/cifar.html ("CIFAR-10 python version").
 
 Every failure a user can cause (missing file, unreadable image, wrong size) raises :class:`InputError`.
 """
@@ -159,16 +162,35 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, *, resi
     return (out, [p.name for p in files]) if return_names else out
 
 
+from ddpmcodec.cifar10_archive import (CIFAR_BATCHES, CIFAR_SPLITS, SPLIT_SEP, is_cifar10_python, load_cifar10_python,  # noqa: F401
+                                         split_source)
+
+
 # ---- entry points --------------------------------------------------------------------------------------------
 def load_images(source: str | Path, resolution: int | None = None, *, resize: bool = False,
-                limit: int | None = None) -> np.ndarray:
-    """Images from an ``.npz`` file, a folder, or one image file -> (N, H, W, 3) uint8."""
-    source = Path(source)
-    if source.is_dir():
+                limit: int | None = None, split: str | None = None) -> np.ndarray:
+    """Images from an ``.npz`` file, a folder, one image file or CIFAR-10 python data -> (N, H, W, 3) uint8.
+
+    CIFAR-10 (see :func:`load_cifar10_python`): ``cifar-10-python.tar.gz``, the folder ``cifar-10-batches-py``
+    or one batch file, default the 10,000 test images; append ``::train`` / ``::test`` / ``::all`` /
+    ``::data_batch_3`` to choose the split (``"cifar-10-python.tar.gz::train"``), or pass ``split="train"``
+    (both at once must agree). Another source with a split raises InputError.
+    """
+    source, path_split = split_source(source)
+    if path_split is not None and split is not None and path_split != split:
+        raise InputError(f"{source}: split {path_split!r} in the path but split={split!r} given")
+    split = split if split is not None else path_split
+    if split is not None and not is_cifar10_python(source):
+        if not source.exists():
+            raise InputError(f"no such file or folder: {source}")
+        raise InputError(f"{source}: a '{SPLIT_SEP}{split}' split applies only to CIFAR-10 python data")
+    if is_cifar10_python(source):
+        images = load_cifar10_python(source, split, limit)
+    elif source.is_dir():
         return load_image_folder(source, resolution, resize=resize, limit=limit)
-    if not source.exists():
+    elif not source.exists():
         raise InputError(f"no such file or folder: {source}")
-    if source.suffix.lower() == ".npz":
+    elif source.suffix.lower() == ".npz":
         images = load_npz_images(source, limit)
     else:
         images = read_image(source)[None]
@@ -205,7 +227,8 @@ def load_training_data(data: str | Path | None, resolution: int,
     """Training images for ``ddpmcodec train``: (images uint8 (M,H,W,3), pool (P,) int64, description).
 
     data: None or "cifar10" = the shared CIFAR-10 pool (jpeg75 + 2x lossless); else an npz file or a folder
-    (center-cropped/resized to ``resolution`` when needed).
+    (center-cropped/resized to ``resolution`` when needed), or the official CIFAR-10 python archive/folder, whose
+    training batches (50,000 images) are used unless a split is given (``cifar-10-python.tar.gz::test``).
     """
     if data is None or str(data) == "cifar10":
         if shared_dir is None and default_shared_dir() is None:
@@ -214,7 +237,10 @@ def load_training_data(data: str | Path | None, resolution: int,
         images, pool = load_cifar_train_pool(shared_dir)
         desc = f"shared CIFAR-10 train: {TRAIN_JPEG_FILE} (50000) + {TRAIN_LOSSLESS_FILE} (5085, x2)"
     else:
-        images = load_images(data, resolution, resize=True)
+        source, split = split_source(data)
+        if split is None and is_cifar10_python(source) and source.name not in CIFAR_BATCHES:
+            split = "train"  # never train on the test batch by default
+        images = load_images(source, resolution, resize=True, split=split)
         pool = np.arange(len(images), dtype=np.int64)
         desc = f"{data} ({len(images)} images)"
     if images.shape[1:3] != (resolution, resolution):
