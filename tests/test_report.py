@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ddpmcodec.diffusion import DiffusionConfig
@@ -81,9 +82,13 @@ def test_outputs_written_with_compressai_structure(first_run):
         assert all(b is None or b >= 0 for b in res["bpp"])
     coded = json.loads((out / "results" / "ddpm-progressive-coded.json").read_text())["results"]
     assert np.all(np.diff(coded["bpp"]) > 0)  # truncated files only grow
-    jpeg = json.loads((out / "results" / "jpeg.json").read_text())["results"]
-    if classic.msssim_available():
-        assert all(0 < v <= 1 for v in jpeg["ms-ssim-rgb"])
+    if classic.msssim_available():  # CompressAI's plot tool reads ms-ssim-rgb from every results file
+        for f in files:
+            res = json.loads(f.read_text())["results"]
+            assert len(res["ms-ssim-rgb"]) == len(res["bpp"]), f.name
+            assert all(v is not None and -1 <= v <= 1 for v in res["ms-ssim-rgb"]), f.name
+        ideal = json.loads((out / "results" / "ddpm-ideal-bound.json").read_text())["results"]
+        assert ideal["ms-ssim-rgb"][-1] > ideal["ms-ssim-rgb"][0]  # t = 1 beats t = T
 
 
 def test_summary_counts_and_lossless(first_run):
@@ -109,7 +114,8 @@ def test_cache_hits_skip_recomputation(setup, first_run, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed although cached")
 
-    for mod, name in ((rm, "model_bound"), (rm, "bench"), (rm, "encode"), (classic, "run_codec")):
+    for mod, name in ((rm, "model_bound"), (rm, "encode"), (rm, "decode_progressive"), (classic, "run_codec"),
+                      (classic, "msssim_per_image")):
         monkeypatch.setattr(mod, name, boom)
     assert report.main(_argv(tmp, "out2")) == 0
     s = json.loads((tmp / "out2" / "summary.json").read_text())
@@ -191,8 +197,127 @@ def test_bitsback_json_reader(tmp_path):
     assert row["bpd"] == 4.1 and row["net_bpd"] == 3.9 and row["n_images"] == 10
 
 
-def test_cli_report_help():
+def test_cli_report_is_a_click_command_with_the_same_options(capsys):
     from cli.main import main
+    from eval.report.options import OPTIONS
 
     res = CliRunner().invoke(main, ["report", "--help"])
-    assert res.exit_code == 0 and "--bound-limit" in res.output and "ddpmcodec report" in res.output
+    assert res.exit_code == 0 and "report [OPTIONS]" in res.output, res.output
+    for decls, _ in OPTIONS:
+        assert decls[-1] in res.output, decls
+    assert "-h, --help" in res.output and "ms-ssim-rgb" in res.output
+    cmd = main.commands["report"]
+    assert isinstance(cmd, __import__("click").Command)
+    assert report.main(["--help"], prog="python -m eval.report") == 0
+    out = capsys.readouterr().out
+    assert "Usage: python -m eval.report [OPTIONS]" in out
+    assert [o.opts for o in cmd.params if o.opts != ["--help"]] == [list(d) for d, _ in OPTIONS]
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--limit", "x"], "'x' is not a valid integer"),
+    (["--no-such-option"], "No such option"),
+    (["--prior", "small"], "'small' is not one of"),
+    (["--limit", "-1"], "--limit"),
+    (["--images", "/nonexistent/images.npz", "--limit", "1"], "/nonexistent/images.npz"),
+])
+def test_report_errors_are_one_line_exit_1(argv, text, capsys):
+    from cli.main import main
+
+    assert report.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and text in err, err
+    res = CliRunner().invoke(main, ["report", *argv])
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], res.output
+
+
+def test_report_command_line_lists_only_changed_options():
+    from eval.report.options import command_line
+
+    assert command_line({"limit": 8, "no_classic": True, "out": "docs/report", "quiet": False}) == \
+        "python -m eval.report --limit 8 --no-classic"
+
+
+# ---- HEVC intra through HEIF ----------------------------------------------------------------------------------
+def _box(typ: bytes, payload: bytes, large: bool = False) -> bytes:
+    if large:
+        return (1).to_bytes(4, "big") + typ + (16 + len(payload)).to_bytes(8, "big") + payload
+    return (8 + len(payload)).to_bytes(4, "big") + typ + payload
+
+
+def test_iso_box_parsing_and_payload_size():
+    data = _box(b"ftyp", b"heic" * 4) + _box(b"meta", b"\0" * 300) + _box(b"mdat", b"x" * 41)
+    assert [(t, s) for t, _, s in classic.iso_boxes(data)] == [(b"ftyp", 24), (b"meta", 308), (b"mdat", 49)]
+    assert classic.heif_payload_size(data) == 41
+    big = _box(b"ftyp", b"") + _box(b"mdat", b"y" * 10, large=True) + _box(b"mdat", b"z" * 5)
+    assert classic.heif_payload_size(big) == 15
+    to_end = _box(b"ftyp", b"") + (0).to_bytes(4, "big") + b"mdat" + b"w" * 7
+    assert classic.heif_payload_size(to_end) == 7
+    for bad in (data[:-3], data + b"\0\0\0", _box(b"ftyp", b"")):
+        with pytest.raises(ValueError):
+            classic.heif_payload_size(bad)
+
+
+def test_heif_codecs_sweep_and_count_payload():
+    pytest.importorskip("pillow_heif")
+    codecs, notes = classic.heif_codecs()
+    if not codecs:
+        pytest.skip(f"no HEVC encoder: {notes}")
+    whole, payload = codecs
+    assert (whole.key, payload.key) == ("heif", "hevc_payload") and payload.size is classic.heif_payload_size
+    assert {"heif", "hevc_payload"} <= {c.key for c in classic.lossy_codecs()[0]}
+    images = _natural_ish(2, seed=5)
+    data = whole.encode(images[0], 50)
+    assert classic.iso_boxes(data)[0][0] == b"ftyp"
+    assert 0 < classic.heif_payload_size(data) < len(data) - 200  # the boxes are hundreds of bytes
+    w, p = (classic.sweep(c, images)["points"] for c in (whole, payload))
+    for a, b in zip(w, p):
+        assert a["psnr_db"] == b["psnr_db"] and b["bytes_total"] < a["bytes_total"]
+        assert a["ms_ssim"] is None or 0 < a["ms_ssim"] <= 1
+    bpp = np.array([x["bpp"] for x in p])
+    assert bpp[-1] > 4 * bpp[0] and p[-1]["psnr_db"] > p[0]["psnr_db"] + 10
+
+
+def test_heif_skips_cleanly_when_missing(monkeypatch):
+    monkeypatch.setattr(classic, "_heif", lambda: None)
+    codecs, notes = classic.heif_codecs()
+    assert codecs == [] and "pillow-heif" in notes[0]
+    lossy, notes = classic.lossy_codecs()
+    assert "heif" not in {c.key for c in lossy} and any("pillow-heif" in n for n in notes)
+
+
+# ---- MS-SSIM of the DDPM curves: the classic codecs' function on the decoded frames --------------------------------
+def test_coded_image_msssim_matches_classic_on_decoded_frames(setup):
+    pytest.importorskip("torchmetrics")
+    from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+
+    _, model = setup
+    im = _natural_ish(1, seed=6)[0]
+    settings = CodecSettings(n_steps=4, t_end=2, budget_bits=6, margin_bits=2)
+    r = rm.coded_image(model, im, settings)
+    frames = [f.pixels for f in decode_progressive(encode(im, model, settings).data, model) if f.t > 0]
+    want = classic.msssim_per_image(np.stack(frames), np.stack([im] * len(frames)))
+    assert r["t"][-1] == 0 and r["ms_ssim"][-1] is None
+    np.testing.assert_allclose(r["ms_ssim"][:-1], want, rtol=0, atol=1e-12)
+    psnr = classic.psnr_per_image(np.stack(frames), np.stack([im] * len(frames)))
+    np.testing.assert_allclose(r["psnr_db"][:-1], psnr, atol=1e-9)
+
+
+def test_ideal_msssim_uses_the_bounds_draws(setup, tmp_path):
+    pytest.importorskip("torchmetrics")
+    _, model = setup
+    images = _natural_ish(2, seed=7)
+    ts = [20, 10, 1]
+    ms = rm.ideal_msssim(model, images, 0, ts, Cache(tmp_path))
+    assert len(ms) == 3 and all(-1 <= v <= 1 for v in ms) and ms[2] > ms[0]
+    # the same draws as the exact bound: the MSE of these x^_0 is the bound's per-t mse_x0_clip
+    bound = rm.model_bound(model, images, seed=3)
+    x0 = torch.as_tensor(images).permute(0, 3, 1, 2).double() / 127.5 - 1.0
+    x0_hat = rm.bound_x0_hat(model, images, ts, seed=3)
+    for k, t in enumerate(ts):
+        mse = float((x0_hat[:, k] - x0).pow(2).mean())
+        assert mse == pytest.approx(bound.per_t["mse_x0_clip"][t - 1], rel=1e-6)
+    assert rm.ideal_msssim(model, images[:0], 0, ts, Cache(tmp_path)) is None
+    assert rm.ideal_msssim(model, images[:, :16, :16], 0, ts, Cache(tmp_path)) is None

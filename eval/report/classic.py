@@ -1,7 +1,8 @@
 """Classic codecs on the report's images: lossy quality sweeps (PSNR, MS-SSIM vs bpp) and lossless baselines.
 
-Every number counts the whole file as the encoder wrote it (container and headers included). bpp = total bytes * 8 /
-total pixels; PSNR (dB, RGB, 0..255, whole image) and MS-SSIM are computed per image and averaged over images.
+Every number counts the whole file as the encoder wrote it (container and headers included), except the one row
+that says otherwise (HEVC payload: the coded image data of a HEIF file alone, see :func:`heif_payload_size`). bpp =
+total bytes * 8 / total pixels; PSNR (dB, RGB, 0..255, whole image) and MS-SSIM are computed per image and averaged over images.
 
 MS-SSIM (torchmetrics ``multiscale_structural_similarity_index_measure``): the standard 5 scales need >= 161 px, so
 32x32 images use :data:`MSSSIM_OPTIONS`: 3 scales (32, 16, 8 px) with the first three standard weights renormalised,
@@ -36,6 +37,7 @@ class Codec:
     decode: Callable[[bytes], np.ndarray]
     setting: str  # human description of the options and what 'quality' means
     library: str
+    size: Callable[[bytes], int] | None = None  # bytes counted for a file (default: len, the whole file)
 
 
 def _ic(name: str):
@@ -62,6 +64,77 @@ def _pil_has(fmt: str) -> bool:
     from PIL import features
 
     return {"WEBP": features.check("webp")}.get(fmt, True)
+
+
+# ---- HEVC intra (BPG class) through HEIF ----------------------------------------------------------------------------
+HEIF_QUALITIES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+
+
+def _heif():
+    """pillow_heif with its HEIF opener registered and an HEVC encoder, else None."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return None
+    try:
+        if not pillow_heif.libheif_info().get("HEIF"):
+            return None
+        pillow_heif.register_heif_opener()
+    except Exception:  # noqa: BLE001  a broken install counts as missing
+        return None
+    return pillow_heif
+
+
+def iso_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Top-level ISO-BMFF boxes as (type, offset, total size): 8-byte size + type headers, size 1 = a 64-bit size
+    after the type, size 0 = to the end of the file. ValueError on a malformed layout."""
+    out, i = [], 0
+    while i < len(data):
+        if len(data) - i < 8:
+            raise ValueError(f"truncated box header at offset {i}")
+        size, typ = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8]
+        if size == 1:
+            if len(data) - i < 16:
+                raise ValueError(f"truncated 64-bit box size at offset {i}")
+            size = int.from_bytes(data[i + 8:i + 16], "big")
+        elif size == 0:
+            size = len(data) - i
+        if size < 8 or i + size > len(data):
+            raise ValueError(f"bad size {size} of box {typ!r} at offset {i}")
+        out.append((typ, i, size))
+        i += size
+    return out
+
+
+def heif_payload_size(data: bytes) -> int:
+    """Bytes of coded image data in a HEIF file: the payloads of its ``mdat`` boxes (box headers excluded). That is
+    the HEVC bitstream (length-prefixed NAL units); the parameter sets (in the ``hvcC`` box) and every other box of
+    the container are left out, so it can be held against raw-bitstream codecs such as BPG."""
+    total, found = 0, False
+    for typ, off, size in iso_boxes(data):
+        if typ == b"mdat":
+            header = 16 if int.from_bytes(data[off:off + 4], "big") == 1 else 8
+            total += size - header
+            found = True
+    if not found:
+        raise ValueError("no mdat box in the HEIF file")
+    return total
+
+
+def heif_codecs() -> tuple[list[Codec], list[str]]:
+    """HEVC intra through pillow-heif (libheif + x265), counted two ways: the whole HEIF file, and the HEVC payload."""
+    if _heif() is None:
+        return [], ["HEVC/HEIF (BPG class) skipped: pillow-heif with an HEVC encoder not installed "
+                    "(pip install pillow-heif)"]
+    enc = lambda p, q: _pil_save(p, "HEIF", quality=int(q), chroma=444)  # noqa: E731
+    what = ("libheif + x265 via pillow-heif, HEVC intra (BPG's coding tools), YUV 4:4:4, default speed; "
+            "quality 1..95")
+    return [Codec("heif", "HEVC intra (HEIF file)", HEIF_QUALITIES, enc, _pil_load,
+                  what + "; whole .heic file (~400 bytes of HEIF boxes on any image)", "pillow-heif"),
+            Codec("hevc_payload", "HEVC intra (payload only)", HEIF_QUALITIES, enc, _pil_load,
+                  what + "; counts only the coded image data (mdat payload: the HEVC slice NAL units with their "
+                  "4-byte length prefixes), not the HEIF boxes or the parameter sets; for comparison with BPG "
+                  "figures", "pillow-heif", size=heif_payload_size)], []
 
 
 def lossy_codecs() -> tuple[list[Codec], list[str]]:
@@ -102,7 +175,8 @@ def lossy_codecs() -> tuple[list[Codec], list[str]]:
                          "butteraugli distance 15..0.1", "imagecodecs"))
     else:
         notes.append("JPEG-XL skipped: imagecodecs with libjxl not available")
-    return out, notes
+    heif, heif_notes = heif_codecs()
+    return out + heif, notes + heif_notes
 
 
 def lossless_codecs() -> tuple[list[Codec], list[str]]:
@@ -185,7 +259,7 @@ def run_codec(codec: Codec, images: np.ndarray, quality, *, exact: bool = False)
         t_dec += time.perf_counter() - start
         if out.shape != im.shape or out.dtype != np.uint8:
             raise RuntimeError(f"{codec.name} decoded shape {out.shape} {out.dtype}, expected {im.shape} uint8")
-        sizes[i], dec[i] = len(data), out
+        sizes[i], dec[i] = (len(data) if codec.size is None else codec.size(data)), out
     psnr = psnr_per_image(dec, images)
     ms = None if exact else msssim_per_image(dec, images)
     res = {"quality": quality, "bytes_total": int(sizes.sum()), "bpp": float(sizes.sum() * 8 / (n * h * w)),
@@ -225,4 +299,9 @@ def library_versions() -> dict:
         v["torchmetrics"] = torchmetrics.__version__
     except ImportError:
         pass
+    heif = _heif()
+    if heif is not None:
+        v["pillow_heif"] = heif.__version__
+        v["libheif"] = heif.libheif_info().get("libheif")
+        v["heif_encoder"] = heif.libheif_info().get("HEIF")
     return v

@@ -4,13 +4,14 @@
     python -m eval.report --limit 8 --bound-limit 2 --out /tmp/report     # quick look
     python -m eval.report --limit 500 --bound-limit 500 --device cuda     # the full report (GPU)
 
+The command line (click, shared with `ddpmcodec report`) is in eval/report/options.py; this module computes.
+
 Writes into --out (default docs/report): README.md, fig5.png, rd.png, strip.png, results/*.json (CompressAI style),
 lossless.json, summary.json. Expensive parts (bound, codec runs, classic sweeps, strip) are cached as JSON/npz under
 --cache (default eval/out/cache), keyed by model identity, settings and the exact pixels, so a re-run only redraws.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -23,49 +24,16 @@ import torch
 from tqdm import tqdm
 
 from ddpmcodec.codec.progressive import CodecSettings
-from ddpmcodec.errors import CodecError, InputError
+from ddpmcodec.errors import InputError
 from eval.report import classic
 from eval.report import model as rm
 from eval.report import plots
 from eval.report import write as rw
 from eval.report.cache import Cache, image_digest
+from eval.report.options import BITSBACK_JSON  # noqa: F401  (re-exported)
+from eval.report.options import main as _cli_main
 
-BITSBACK_JSON = "eval/out/bitsback/bitsback_bench.json"
 BITSBACK_COMMAND = "python -m eval.bitsback_bench"
-
-
-def build_parser(prog: str = "python -m eval.report") -> argparse.ArgumentParser:
-    d = CodecSettings()
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="default", help="weights spec for load_model (default: bundled model)")
-    ap.add_argument("--images", default=None, help="folder or .npz of images (default: the 500 dev test images)")
-    ap.add_argument("--offset", type=int, default=0, help="first image used")
-    ap.add_argument("--limit", type=int, default=100, help="images for the codec, classic codecs and lossless")
-    ap.add_argument("--bound-limit", type=int, default=16, help="images for the exact bound (ideal curve); 0 skips")
-    ap.add_argument("--split-limit", type=int, default=500,
-                    help="images for the Monte-Carlo rate/distortion split (--split-t-samples t per image); 0 skips")
-    ap.add_argument("--split-t-samples", type=int, default=10, help="importance-sampled t per image for the split")
-    ap.add_argument("--strip-images", type=int, default=4, help="images in the progressive strip; 0 skips")
-    ap.add_argument("--strip-t", default="1000,600,400,250,150,100,60,30,15,4",
-                    help="t values shown in the strip (nearest coded steps)")
-    ap.add_argument("--steps", type=int, default=d.n_steps, help="coded steps")
-    ap.add_argument("--t-end", type=int, default=d.t_end, help="last channel-simulated t")
-    ap.add_argument("--budget", type=int, default=d.budget_bits, help="PFR chunk budget, bits")
-    ap.add_argument("--margin", type=int, default=d.margin_bits, help="PFR extra candidate bits")
-    ap.add_argument("--prior", default=d.prior, choices=("calibrated", "fixedlarge"))
-    ap.add_argument("--seed", type=int, default=d.seed, help="codec seed (the bound uses --bound-seed)")
-    ap.add_argument("--bound-seed", type=int, default=0)
-    ap.add_argument("--bound-batch", type=int, default=None, help="(image, t) pairs per call (64 CPU / 1024 CUDA)")
-    ap.add_argument("--no-classic", action="store_true", help="skip the classic-codec sweeps")
-    ap.add_argument("--bitsback-json", default=BITSBACK_JSON, help="results of eval.bitsback_bench, if run")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--out", default="docs/report", help="output folder")
-    ap.add_argument("--cache", default="eval/out/cache", help="cache folder")
-    ap.add_argument("--no-cache", action="store_true", help="recompute everything (results still written to cache)")
-    ap.add_argument("--no-literature", action="store_true", help="leave published reference points off the plot")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
-    return ap
 
 
 def resolve_device(device: str) -> str:
@@ -98,8 +66,10 @@ def _log(quiet: bool):
     return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> dict:
-    """Compute (or read from cache) every part, write all outputs; returns the summary dict."""
+def run(args, command: str) -> dict:
+    """Compute (or read from cache) every part, write all outputs; returns the summary dict.
+
+    args: the options of eval/report/options.py as attributes; command: the command line to print in the report."""
     from ddpmcodec.data import load_dev_set, load_images
     from ddpmcodec.network.model_io import load_model
 
@@ -136,6 +106,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         ideal = rm.ideal_curve(result)
         s["bound_summary"] = result.summary()
         s["table4_ours"] = result.table4()
+        ideal["msssim_t"] = rw.ideal_points(model.diffusion.T)
+        ideal["ms_ssim"] = rm.ideal_msssim(model, bound_images, args.offset, ideal["msssim_t"], cache,
+                                           seed=args.bound_seed, batch_size=batch, progress=progress)
     s["ideal"] = ideal
     split_images = data[:args.split_limit]
     s["n_split"] = len(split_images)
@@ -192,7 +165,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                               "note": f"whole file, {r['setting']}; decoded bit-exact"})
     strip = None
     if args.strip_images > 0:
-        want = [int(x) for x in args.strip_t.split(",") if x.strip()]
+        try:
+            want = [int(x) for x in args.strip_t.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"--strip-t must be comma-separated integers, got {args.strip_t!r}") from None
         strip = rm.strip_frames(model, data[:args.strip_images], settings, want, cache)
         stage["strip"] = float(strip["seconds"])
     s["strip"] = None if strip is None else {"t": strip["t"].tolist(), "bytes": strip["bytes"].tolist()}
@@ -206,7 +182,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         rd = [real, chain] + rd
     if ideal is not None:
         bound_desc = f"{src}, images {args.offset}..{args.offset + len(bound_images) - 1}"
-        rd.append(rw.ideal_bound_result(ideal, len(bound_images), bound_desc))
+        rd.append(rw.ideal_bound_result(ideal, len(bound_images), bound_desc, ideal.get("ms_ssim")))
     s["rd_results"] = rd
     for r in rd:
         rw.write_json(res_dir / f"{_slug(r['name'])}.json", r)
@@ -219,7 +195,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     s["stage_seconds"] = {k: round(v, 1) for k, v in stage.items()}
     s["wall_s"] = time.perf_counter() - t_run
     s["cache"] = {"hits": cache.hits, "misses": cache.misses, "folder": str(args.cache)}
-    s["command"] = "python -m eval.report " + " ".join(shlex.quote(a) for a in argv)
+    s["command"] = command
     s["full_command"] = ("python -m eval.report --limit 500 --bound-limit 500 --split-t-samples 100 --device cuda"
                          + (f" --out {shlex.quote(args.out)}" if args.out != "docs/report" else ""))
     (out / "README.md").write_text(rw.markdown(s))
@@ -243,14 +219,8 @@ def _plain(o):
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m eval.report") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    try:
-        run(args, argv)
-    except CodecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    """``python -m eval.report``: the click command of eval/report/options.py (same as ``ddpmcodec report``)."""
+    return _cli_main(argv, prog)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ import time
 from dataclasses import asdict
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ddpmcodec.container import header as container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
 from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
-from eval.codec_bench import bench
+from eval.report import classic
 from eval.report.cache import Cache, image_digest
 
 
@@ -94,30 +95,103 @@ def ideal_curve(result: BoundResult) -> dict:
             "rmse": rmse.tolist(), "psnr_pooled_db": (20 * np.log10(255.0 / rmse)).tolist()}
 
 
-# ---- the coded curve: the progressive codec, one bench() call per image ------------------------------------------
+def bound_x0_hat(model, images: np.ndarray, ts: list[int], *, seed: int, batch_size: int = 64):
+    """x^_0 (clipped to [-1, 1], float64, (N, K, C, H, W)) at each t in ``ts`` from the x_t ~ q(x_t|x_0) that
+    ddpmcodec.bound's exact mode draws for ``images`` with this seed (noise pair_noise(seed, image, slot = t))."""
+    from ddpmcodec.bound import model_eps_fn, pair_noise
+    from ddpmcodec.diffusion import Schedule, q_sample_batched
+
+    sched = Schedule(model.diffusion)
+    eps_fn = model_eps_fn(model)
+    x0_all = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    shape = tuple(x0_all.shape[1:])
+    pairs = [(i, int(t)) for i in range(len(images)) for t in ts]
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        sl = pairs[start:start + batch_size]
+        idx = torch.tensor([i for i, _ in sl])
+        tt = torch.tensor([t for _, t in sl], dtype=torch.long)
+        noise = torch.stack([pair_noise(seed, i, t, shape) for i, t in sl])
+        xt = q_sample_batched(sched, x0_all[idx], tt, noise)
+        with torch.no_grad():
+            eps = eps_fn(xt.to(model.device), tt.to(model.device)).float().cpu()
+        sab = torch.as_tensor(sched.sqrt_alpha_bar[tt.numpy()], dtype=torch.float64).view(-1, 1, 1, 1)
+        s1ab = torch.as_tensor(sched.sqrt_one_minus_alpha_bar[tt.numpy()], dtype=torch.float64).view(-1, 1, 1, 1)
+        out.append(((xt.double() - s1ab * eps.double()) / sab).clamp(-1.0, 1.0))
+    return torch.cat(out).view(len(images), len(ts), *shape)
+
+
+def ideal_msssim(model, images: np.ndarray, offset: int, ts: list[int], cache: Cache, *, chunk: int = 4,
+                 seed: int = 0, batch_size: int = 64, progress: bool = False) -> list[float] | None:
+    """Mean MS-SSIM over images of x^_0 (clipped, rounded to uint8) at each 1-based t in ``ts``, from the very
+    x_t ~ q(x_t|x_0) that :func:`bound_exact` (exact mode, same chunk and seed) draws (:func:`bound_x0_hat`), so it
+    belongs to the same reconstructions whose pooled MSE gives the ideal curve's PSNR. MS-SSIM as the classic
+    codecs' (:data:`classic.MSSSIM_OPTIONS`). None when MS-SSIM is unavailable (torchmetrics missing, < 32 px)."""
+    if not len(images) or not classic.msssim_available() or min(images.shape[1:3]) < 32:
+        return None
+    sums = np.zeros(len(ts))
+    bar = tqdm(total=len(images), desc=f"ideal MS-SSIM ({len(ts)} t)", unit="img", disable=not progress)
+    for a, b in _chunks(len(images), chunk):
+        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "seed": seed + offset + a,
+                  "ts": list(map(int, ts)), "msssim": classic.MSSSIM_OPTIONS}
+        part = cache.get_json("ideal_msssim", inputs)
+        if part is None:
+            x0_hat = bound_x0_hat(model, images[a:b], ts, seed=seed + offset + a, batch_size=batch_size)
+            dec = ((x0_hat + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            dec = dec.permute(0, 1, 3, 4, 2).numpy().reshape(-1, *images.shape[1:])
+            vals = classic.msssim_per_image(dec, np.repeat(images[a:b], len(ts), axis=0))
+            part = {"sum": vals.reshape(b - a, len(ts)).sum(0).tolist()}
+            cache.put_json("ideal_msssim", inputs, part)
+        sums += np.asarray(part["sum"])
+        bar.update(b - a)
+    bar.close()
+    return (sums / len(images)).tolist()
+
+
+# ---- the coded curve: the progressive codec, encode + progressive decode per image ---------------------------------
+def coded_image(model, pixels: np.ndarray, settings: CodecSettings) -> dict:
+    """Encode one image, decode every stop point of the file (lossless end checked bit-exact) and measure it.
+
+    t: coded stop points (T..t_end, then 0 = lossless); ideal_bpd: cumulative exact KL of the coded steps along the
+    encoder's chain (+ the x_0 layer's code length at t=0); coded_bpd: whole valid file stopping there; psnr_db and
+    ms_ssim: of the decoded x^_0 at t against the original (None at t=0; MS-SSIM as the classic codecs')."""
+    dims = pixels.size
+    res = encode(pixels, model, settings)
+    start = time.perf_counter()
+    frames = list(decode_progressive(res.data, model, every_step=True))
+    dec_s = time.perf_counter() - start
+    if frames[-1].t != 0 or not np.array_equal(frames[-1].pixels, pixels):
+        raise RuntimeError("lossless round trip failed")
+    if [f.t for f in frames] != [s.t for s in res.steps]:
+        raise RuntimeError("decoder stop points differ from the encoder's")
+    lossy = np.stack([f.pixels for f in frames if f.t > 0])
+    ms = classic.msssim_per_image(lossy, np.broadcast_to(pixels, lossy.shape))
+    ms_list = [None] * len(frames) if ms is None else [float(v) for v in ms] + [None]
+    return {"t": [s.t for s in res.steps], "ideal_bpd": (np.cumsum([s.ideal_bits for s in res.steps]) / dims).tolist(),
+            "coded_bpd": [8 * s.bytes_if_stopped / dims for s in res.steps],
+            "psnr_db": [None if not math.isfinite(s.psnr) else float(s.psnr) for s in res.steps],
+            "ms_ssim": ms_list, "bytes": len(res.data), "header_bytes": int(res.steps[0].bytes_if_stopped),
+            "encode_s": res.seconds, "decode_s": dec_s, "unet_s": res.unet_seconds}
+
+
 def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSettings, cache: Cache, *,
                     chunk: int = 10, progress: bool = False) -> list[dict]:
-    """eval.codec_bench.bench on each image (lossless round trip verified), cached per chunk of images.
+    """:func:`coded_image` on each image (lossless round trip verified), cached per chunk of images.
 
-    Each dict: t (coded stop points, T..t_end then 0 = lossless), ideal_bpd (cumulative exact KL of the coded steps
-    along the encoder's chain, + the x_0 layer's code length at t=0), coded_bpd (whole valid file stopping there),
-    psnr_db (x^_0 at t vs the original; None at t=0), bytes (lossless file), encode_s, decode_s, unet_s.
+    Each dict: index, t, ideal_bpd, coded_bpd, psnr_db, ms_ssim, bytes (lossless file), header_bytes (the file
+    with no steps), encode_s, decode_s (every stop point decoded), unet_s.
     """
     out = []
     bar = tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress)
     for a, b in _chunks(len(images), chunk):
         inputs = {"model": model.identity, "images": image_digest(images[a:b]), "settings": asdict(settings),
-                  "format": container.VERSION}  # file sizes depend on the container format
+                  "format": container.VERSION,  # file sizes depend on the container format
+                  "msssim": classic.MSSSIM_OPTIONS if classic.msssim_available() else None}
         part = cache.get_json("coded", inputs)
         if part is None:
             part = []
             for i in range(a, b):
-                r = bench(model, images[i:i + 1], settings, decode_every=1, progress=False)
-                s, p = r["steps"], r["per_image"][0]
-                part.append({"index": offset + i, "t": [x["t"] for x in s], "ideal_bpd": [x["ideal_bpd"] for x in s],
-                             "coded_bpd": [x["coded_bpd"] for x in s], "psnr_db": [x["psnr_db"] for x in s],
-                             "bytes": p["bytes"], "header_bytes": r["header_bytes"], "encode_s": p["encode_s"],
-                             "decode_s": p["decode_s"], "unet_s": p["unet_s"]})
+                part.append({"index": offset + i, **coded_image(model, images[i], settings)})
                 bar.update(1)
             cache.put_json("coded", inputs, part)
         else:
@@ -141,7 +215,11 @@ def coded_curve(per_image: list[dict], dims_per_image: int) -> dict:
     n = len(per_image)
     ll = coded[:, ~lossy][:, -1] if (~lossy).any() else coded[:, -1]
     col = lambda k: np.array([p[k] for p in per_image], dtype=np.float64)  # noqa: E731
+    ms = np.array([_arr(p.get("ms_ssim") or [None] * len(t)) for p in per_image])[:, lossy]
+    has_ms = bool(np.isfinite(ms).all())
     return {"n_images": n, "t": [int(x) for x in np.array(t)[lossy]],
+            "ms_ssim": ms.mean(0).tolist() if has_ms else None,
+            "ms_ssim_stderr": _stderr(ms).tolist() if has_ms else None,
             "ideal_bpd": ideal[:, lossy].mean(0).tolist(), "coded_bpd": coded[:, lossy].mean(0).tolist(),
             "psnr_db": psnr[:, lossy].mean(0).tolist(), "psnr_db_stderr": _stderr(psnr[:, lossy]).tolist(),
             "rmse_pooled": rmse_pooled.tolist(), "psnr_pooled_db": (20 * np.log10(255.0 / rmse_pooled)).tolist(),

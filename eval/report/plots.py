@@ -9,7 +9,8 @@ PAPER_TABLE4 = [(100, 0.00000, 67.60), (200, 0.00013, 60.97), (300, 0.00081, 54.
                 (500, 0.00716, 38.03), (600, 0.01507, 30.81), (700, 0.02866, 24.44), (800, 0.05415, 18.47),
                 (900, 0.11994, 12.02), (1000, 1.77581, 0.95)]  # (reverse steps, rate bits/dim, RMSE 0..255)
 # PSNR (dB) at bpp on CIFAR-10 32x32 from the UQDM paper's evaluation (notes section 9): other images and models.
-LITERATURE = {"BPG (UQDM eval)": [(0.33, 19.3), (0.74, 25.0), (1.74, 31.0)],
+LITERATURE = {"BPG (UQDM eval)": [(0.33, 19.3), (0.5, 21.7), (0.74, 25.0), (1.0, 26.6), (1.74, 31.0), (2.0, 31.8),
+                                   (4.0, 37.5)],  # notes sections 9 and 14
               "UQDM T=4 (UQDM eval)": [(0.85, 21.9), (2.78, 31.2)], "VDM ideal (UQDM eval)": [(0.49, 27.4)]}
 COLORS = {"bound": "#1f77b4", "chain": "#2ca02c", "coded": "#d62728", "paper": "black"}
 CLASSIC_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
@@ -91,12 +92,24 @@ def rd_curves(classic: list[dict], ideal: dict | None, coded: dict | None, path:
         keep = bpp >= 0.02
         a1.plot(bpp[keep], np.array(ideal["psnr_pooled_db"])[keep], "-", color=COLORS["bound"], lw=2,
                 label=f"DDPM ideal: bound ΣKL, PSNR of pooled MSE ({n_bound} img)")
+        if ideal.get("ms_ssim") is not None:
+            at = {t: i for i, t in enumerate(ideal["t"])}
+            idx = [at[t] for t in ideal["msssim_t"]]
+            x, y = bpp[idx], np.array(ideal["ms_ssim"], dtype=float)
+            a2.plot(x[x >= 0.02], _db(y[x >= 0.02]), "-", color=COLORS["bound"], lw=2,
+                    label=f"DDPM ideal: bound ΣKL ({n_bound} img)")
     if coded is not None:
         n = coded["n_images"]
         a1.plot(3 * np.array(coded["ideal_bpd"][1:]), coded["psnr_db"][1:], "--", color=COLORS["chain"], lw=2,
                 label=f"DDPM ideal: ΣKL of the coded steps ({n} img)")
         a1.plot(3 * np.array(coded["coded_bpd"]), coded["psnr_db"], "-", color=COLORS["coded"], lw=2.2,
                 marker=".", ms=5, label=f"DDPM coded: real file bytes ({n} img)")
+        if coded.get("ms_ssim") is not None:
+            ms = _db(np.array(coded["ms_ssim"], dtype=float))
+            a2.plot(3 * np.array(coded["ideal_bpd"][1:]), ms[1:], "--", color=COLORS["chain"], lw=2,
+                    label=f"DDPM ideal: ΣKL of the coded steps ({n} img)")
+            a2.plot(3 * np.array(coded["coded_bpd"]), ms, "-", color=COLORS["coded"], lw=2.2, marker=".", ms=5,
+                    label=f"DDPM coded: real file bytes ({n} img)")
     if literature:
         for (label, pts), m in zip(LITERATURE.items(), "xP+"):
             x, y = zip(*pts)
@@ -108,7 +121,7 @@ def rd_curves(classic: list[dict], ideal: dict | None, coded: dict | None, path:
         ax.grid(True, which="both", alpha=0.3)
     a1.set_ylim(5, 50)
     a1.set(ylabel="PSNR (dB, RGB, mean over images)", title="PSNR vs bpp")
-    a2.set(ylabel="MS-SSIM (dB) = −10·log10(1 − MS-SSIM)", title="MS-SSIM vs bpp (classic codecs; 3 scales)")
+    a2.set(ylabel="MS-SSIM (dB) = −10·log10(1 − MS-SSIM)", title="MS-SSIM vs bpp (3 scales, same function for all)")
     a1.legend(fontsize=7.5, loc="upper left")
     a2.legend(fontsize=7.5, loc="lower right")
     fig.tight_layout()

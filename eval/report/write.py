@@ -15,6 +15,7 @@ import numpy as np
 
 from eval.report.plots import PAPER_TABLE4
 
+BPG_PUBLISHED = ((0.5, 21.7), (1.0, 26.6), (2.0, 31.8), (4.0, 37.5))  # (bpp, PSNR dB), notes section 14
 PAPER_SPLIT = {"rate_bpd": 1.78, "distortion_bpd": 1.97, "total_bpd": 3.75, "rmse_0_255": 0.95}
 LITERATURE_LOSSLESS = ("PNG ~5.87, WebP ~4.61, FLIF ~4.19, Bit-Swap 3.82, DDPM NELBO 3.75, IDDPM bits-back 2.99, "
                        "VDM 2.72")
@@ -58,24 +59,40 @@ def classic_result(sweep: dict, images_desc: str) -> dict:
             f"whole files", "results": res}
 
 
-def ideal_bound_result(ideal: dict, n: int, images_desc: str) -> dict:
-    """Subsampled to ~100 points (log-spaced in t, plus the Table-4 rows); entry order is decreasing t."""
+def ideal_points(T: int) -> list[int]:
+    """The t (1-based, decreasing) of the ideal curve's results file: ~100 log-spaced t plus the Table-4 rows."""
+    ts = set(np.unique(np.round(np.geomspace(1, T, 90)).astype(int)).tolist())
+    ts |= {T + 1 - k for k, _, _ in PAPER_TABLE4 if 1 <= k <= T}
+    return sorted(ts, reverse=True)
+
+
+def ideal_bound_result(ideal: dict, n: int, images_desc: str, ms_ssim: list | None = None) -> dict:
+    """Subsampled to :func:`ideal_points` (entry order: decreasing t). ``ms_ssim``: mean MS-SSIM at those t
+    (model.ideal_msssim), written as ``ms-ssim-rgb`` when given."""
     T = len(ideal["t"])
-    ts = set(np.unique(np.round(np.geomspace(1, T, 90)).astype(int)).tolist()) | {T + 1 - k for k, _, _ in PAPER_TABLE4}
+    ts = set(ideal_points(T))
     idx = [i for i, t in enumerate(ideal["t"]) if t in ts]
+    extra = {}
+    if ms_ssim is not None:
+        if len(ms_ssim) != len(idx):
+            raise ValueError("ms_ssim must have one value per ideal_points(T) entry")
+        extra["ms-ssim-rgb"] = _nums(ms_ssim, 6)
     return {"name": "DDPM ideal (bound)",
             "description": f"cumulative KL rate to hold x_t (exact bound, all {T} t, fresh x_t ~ q(x_t|x_0) per t) "
                            f"and PSNR of the pooled MSE of x^_0 (clipped) at t; {n} images ({images_desc}); "
                            "no file: an ideal rate",
             "results": {"bpp": _nums([3 * ideal["rate_bpd"][i] for i in idx], 6),
                         "psnr-rgb": _nums([ideal["psnr_pooled_db"][i] for i in idx]),
-                        "rmse-pooled": _nums([ideal["rmse"][i] for i in idx]), "t": [ideal["t"][i] for i in idx]}}
+                        "rmse-pooled": _nums([ideal["rmse"][i] for i in idx]), "t": [ideal["t"][i] for i in idx],
+                        **extra}}
 
 
 def coded_results(coded: dict, settings: dict, images_desc: str) -> tuple[dict, dict]:
     n, t = coded["n_images"], coded["t"]
     common = {"psnr-rgb": _nums(coded["psnr_db"]), "psnr-rgb-pooled": _nums(coded["psnr_pooled_db"]),
               "rmse-pooled": _nums(coded["rmse_pooled"]), "t": t}
+    if coded.get("ms_ssim") is not None:
+        common["ms-ssim-rgb"] = _nums(coded["ms_ssim"], 6)
     real = {"name": "DDPM progressive (coded)",
             "description": f"whole-file size of the valid file stopping after each coded step (header included), "
                            f"x^_0 at that t decoded; settings {settings}; {n} images ({images_desc}); lossless end "
@@ -217,6 +234,11 @@ def markdown(s: dict) -> str:
     out += [f"## 3. Against classic codecs ({n} images)", "", "![PSNR and MS-SSIM vs bpp](rd.png)", "",
             "PSNR (dB) at given bpp, read off each curve (linear in log bpp between measured points; – outside the "
             "measured range):", ""] + rd_table(s["rd_results"]) + [""]
+    if any(r["name"].startswith("HEVC intra") for r in s["rd_results"]):
+        out += [f"Published BPG (HEVC intra) on CIFAR-10: {' / '.join(f'{p:.1f}' for _, p in BPG_PUBLISHED)} dB at "
+                f"{' / '.join(f'{b:g}' for b, _ in BPG_PUBLISHED)} bpp (UQDM evaluation data), a raw bitstream with "
+                "a few bytes of header: compare it with the *HEVC intra (payload only)* row; the *HEIF file* row "
+                "counts the container's boxes too.", ""]
     if ideal is not None:
         gap = "" if coded is None else (
             " (on the coded curve the mean per-image PSNR is "
@@ -228,7 +250,9 @@ def markdown(s: dict) -> str:
     out += [f"- **{c['name']}**: {c['setting']}; qualities {[p['quality'] for p in c['points']]}."
             for c in s["classic"]]
     out += [f"- Skipped: {note}." for note in s["notes"]]
-    out += [f"- MS-SSIM: {s['msssim']}. Not computed for the DDPM curves (the codec benchmark reports PSNR only).",
+    out += [f"- MS-SSIM: {s['msssim']}. The DDPM curves use the same function: the coded curves on every decoded "
+            "stop point (x̂₀ as the decoder writes it), the ideal (bound) curve on x̂₀ rounded to 8 bits from the same "
+            "draws of x_t as the bound, at the t of its results file.",
             "- Grey markers: published CIFAR-10 numbers from the UQDM paper's evaluation (other images and models), "
             "for orientation only.", ""]
     out += ["## 4. Lossless", ""] + lossless_rows(s)
