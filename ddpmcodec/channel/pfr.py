@@ -6,9 +6,12 @@ near-equal size. For each chunk both sides can generate the same candidates z_i 
 sender picks K = argmin_i [log T_i - log q(x_i)/p(x_i)] over the first ``n_candidates`` (T_i: Poisson arrival
 times known only to the sender) and sends K. The receiver rebuilds x = mu_p + sigma_p z_K.
 
-Candidates for (step, segment of chunks, block of 64 candidates) come from one torch CPU generator seeded by a hash,
-so the receiver regenerates only the blocks it needs. Indices do not depend on network outputs: float drift between
-sender and receiver changes x slightly (graceful), never the parse of the stream.
+Candidates are counter-based (counter_rng: SplitMix64 + a normal quantile table): value j of candidate i of chunk c
+in a step is a pure function of (step seed, c, i, j), made of integer operations and a table lookup, so every device
+and torch build draws the same bits, the search can run wherever the tensors live, and the receiver regenerates
+only the chosen candidate of each chunk. The chunk permutation sorts counter-based keys (no torch.randperm).
+Indices do not depend on network outputs: float drift between sender and receiver changes x slightly (graceful),
+never the parse of the stream.
 """
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpmcodec.errors import DeterminismError
+from ddpmcodec.channel import counter_rng
 from ddpmcodec.parallel import map_one_thread_each
 
 MASK64 = (1 << 64) - 1
-BLOCK = 64  # candidates generated per generator call
-SEGMENT_DIMS = 4096  # chunks are grouped into segments of about this many dimensions per generator call
+BLOCK = 64  # candidates scored per search iteration (the early-stopping test runs between blocks)
+SEGMENT_DIMS = 4096  # chunks are grouped into segments of about this many dimensions (the unit of parallel work)
 
 
 def mix_seed(*values: int) -> int:
@@ -38,22 +41,41 @@ def mix_seed(*values: int) -> int:
 
 
 def _gen(seed: int) -> torch.Generator:
+    """The sender's private generator (PFR arrival times): never needed by the receiver."""
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-# The candidate generator is part of the file format: a torch release that changed its CPU normal sampler would
-# silently decode garbage, so every encode/decode first checks known answers (tolerant to last-ulp differences).
-_KNOWN_POSITIONS = (0, 1, 2, 3, 500, 1087)
-_KNOWN_VALUES = (-0.163784, -0.226309, -0.795434, -2.067277, -1.022233, 0.217415)
+def check_candidate_generator(device: str | torch.device = "cpu") -> None:
+    """Known answers of the counter-based generator and its normal table on `device` (DeterminismError if not)."""
+    counter_rng.check_device(device)
 
 
-def check_candidate_generator() -> None:
-    z = torch.randn(BLOCK, 17, generator=_gen(mix_seed(1, 2, 3))).flatten()
-    got = z[list(_KNOWN_POSITIONS)].double()
-    if not torch.allclose(got, torch.tensor(_KNOWN_VALUES, dtype=torch.float64), rtol=0, atol=1e-4):
-        raise DeterminismError(
-            f"this torch build ({torch.__version__}) generates different candidate noise than the codec expects; "
-            "files cannot be coded reliably with it (use torch==2.13.0)")
+def _keys(seed: int, n: int, device) -> torch.Tensor:
+    """(n,) int64: SplitMix64 outputs 0..n-1 of the stream `seed` (uint64 bits)."""
+    return counter_rng.splitmix64(counter_rng.stream_seed(seed, 0), torch.arange(n, dtype=torch.int64, device=device))
+
+
+def _chunk_seeds(step_seed: int, lo: int, hi: int, device) -> torch.Tensor:
+    """(hi - lo,) int64 SplitMix64 seeds of chunks lo..hi-1 of the step, one stream per chunk."""
+    return _keys(mix_seed(step_seed, 1), hi, device)[lo:hi]
+
+
+def _width(d_max: int) -> int:
+    """Candidate values generated per chunk: d_max rounded up to whole generator calls (4 normals each)."""
+    return 4 * -(-d_max // 4)
+
+
+def _normals_of_calls(seeds: torch.Tensor, calls: torch.Tensor) -> torch.Tensor:
+    """Normals of generator calls: seeds broadcast against calls (..., d4) -> (..., 4 d4) float32.
+
+    Call b of the stream with seed s is SplitMix64's output b: four 16-bit uniforms, least significant first,
+    each mapped through the quantile table.
+    """
+    z = (calls + 1) * counter_rng._s64(counter_rng.SPLITMIX_GAMMA) + seeds
+    bits = counter_rng._fmix64_(z)
+    u = counter_rng._fields16(bits.reshape(-1))
+    table = counter_rng.normal_table(bits.device)
+    return torch.index_select(table, 0, u).reshape(*bits.shape[:-1], -1)
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,7 @@ class ChunkLayout:
     @classmethod
     def make(cls, n_dims: int, n_chunks: int, seed: int) -> "ChunkLayout":
         n_chunks = max(1, min(n_chunks, n_dims))
-        perm = torch.randperm(n_dims, generator=_gen(seed))
+        perm = torch.sort(_keys(seed, n_dims, "cpu"), stable=True).indices  # counter-based: same on every build
         sizes = torch.full((n_chunks,), n_dims // n_chunks, dtype=torch.long)
         sizes[: n_dims % n_chunks] += 1
         d_max = int(sizes[0])
@@ -87,26 +109,24 @@ class ChunkLayout:
 
     def gather(self, v: torch.Tensor) -> torch.Tensor:
         """(D,) -> (n_chunks, d_max) with zeros in padding."""
-        return torch.where(self.mask, v[self.index.clamp(min=0)], torch.zeros((), dtype=v.dtype))
+        mask, index = self.mask.to(v.device), self.index.to(v.device)
+        return torch.where(mask, v[index.clamp(min=0)], torch.zeros((), dtype=v.dtype, device=v.device))
 
     def scatter(self, values: torch.Tensor, n_dims: int) -> torch.Tensor:
         """(n_chunks, d_max) -> (D,)."""
-        out = torch.empty(n_dims, dtype=values.dtype)
-        out[self.index[self.mask]] = values[self.mask]
+        out = torch.empty(n_dims, dtype=values.dtype, device=values.device)
+        mask = self.mask.to(values.device)
+        out[self.index.to(values.device)[mask]] = values[mask]
         return out
 
 
-def _segment_candidates(step_seed: int, layout: ChunkLayout, segment: int, block: int) -> torch.Tensor:
-    """Candidates of one (segment, block): (BLOCK, chunks in segment, d_max) float32 standard normals."""
-    cps = layout.chunks_per_segment
-    n_in_seg = min(cps, layout.n_chunks - segment * cps)
-    d_max = layout.index.shape[1]
-    return torch.randn(BLOCK, n_in_seg, d_max, generator=_gen(mix_seed(step_seed, 1, segment, block)))
-
-
-def _segments_candidates(step_seed: int, layout: ChunkLayout, segments: range, block: int) -> torch.Tensor:
-    """Candidates of one block for the chunks of `segments`: (BLOCK, their chunks, d_max)."""
-    return torch.cat([_segment_candidates(step_seed, layout, g, block) for g in segments], dim=1)
+def _block_candidates(seeds: torch.Tensor, d_max: int, block: int) -> torch.Tensor:
+    """Candidates block*BLOCK .. +BLOCK-1 of the chunks with these seeds: (BLOCK, chunks, _width(d_max)) float32
+    (slots past d_max are generated but never used)."""
+    d4 = _width(d_max) // 4
+    calls = (torch.arange(BLOCK, device=seeds.device) + block * BLOCK)[:, None, None] * d4 + torch.arange(
+        d4, device=seeds.device)
+    return _normals_of_calls(seeds[None, :, None], calls)
 
 
 def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: float, n_candidates: int,
@@ -124,8 +144,8 @@ def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: 
     bounds = [round(i * n_seg / workers) for i in range(workers + 1)]
     runs = [range(bounds[i], bounds[i + 1]) for i in range(workers)]
     dl = layout.gather(delta.float())  # (n_chunks, d_max)
-    if workers == 1:
-        return _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates, runs[0])
+    if workers == 1 or dl.device.type != "cpu":  # one device: the search is already parallel there
+        return _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates, range(n_seg))
     parts = map_one_thread_each(lambda run: _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates,
                                                                  run), runs, workers)
     return torch.cat(parts)
@@ -137,23 +157,27 @@ def _pfr_select_segments(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, 
     cps = layout.chunks_per_segment
     lo, hi = segments.start * cps, min(layout.n_chunks, segments.stop * cps)
     a = 0.5 * (1.0 - r * r)
-    dl = dl[lo:hi]
-    maskf = layout.mask[lo:hi].float()
+    dev = dl.device
+    d_max = layout.index.shape[1]
+    pad = _width(d_max) - d_max  # zero weight for the generated slots past d_max
+    dl = torch.nn.functional.pad(dl[lo:hi], (0, pad))
+    maskf = torch.nn.functional.pad(layout.mask[lo:hi].to(dev).float(), (0, pad))
     n_chunks = hi - lo
+    seeds = _chunk_seeds(step_seed, lo, hi, dev)
     if r > 1.0 + 1e-9:
         upper = (r * r * dl.double() ** 2).sum(1) / (2.0 * (r * r - 1.0))
     else:
-        upper = torch.full((n_chunks,), math.inf, dtype=torch.float64)
-    best = torch.full((n_chunks,), math.inf, dtype=torch.float64)
-    best_idx = torch.zeros(n_chunks, dtype=torch.long)
-    arrivals = torch.zeros(n_chunks, dtype=torch.float64)
+        upper = torch.full((n_chunks,), math.inf, dtype=torch.float64, device=dev)
+    best = torch.full((n_chunks,), math.inf, dtype=torch.float64, device=dev)
+    best_idx = torch.zeros(n_chunks, dtype=torch.long, device=dev)
+    arrivals = torch.zeros(n_chunks, dtype=torch.float64, device=dev)
     arrival_gen = _gen(mix_seed(step_seed, 2))  # one stream for all chunks; each run takes its columns
     n_blocks = math.ceil(n_candidates / BLOCK)
     for b in range(n_blocks):
-        z = _segments_candidates(step_seed, layout, segments, b)  # (BLOCK, n_chunks, d_max)
+        z = _block_candidates(seeds, d_max, b)  # (BLOCK, n_chunks, d_max)
         score = a * (z * z * maskf).sum(-1) - r * (z * dl).sum(-1)  # (BLOCK, n_chunks)
         exp = torch.empty(BLOCK, layout.n_chunks, dtype=torch.float64).exponential_(generator=arrival_gen)[:, lo:hi]
-        times = arrivals + torch.cumsum(exp, 0)
+        times = arrivals + torch.cumsum(exp.to(dev), 0)
         arrivals = times[-1]
         val = torch.log(times) - score.double()
         valid = min(BLOCK, n_candidates - b * BLOCK)
@@ -168,22 +192,16 @@ def _pfr_select_segments(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, 
 
 
 def pfr_reconstruct(step_seed: int, layout: ChunkLayout, indices: torch.Tensor) -> torch.Tensor:
-    """Both sides: the chosen standard-normal candidates, (n_chunks, d_max) float32 (zeros in padding)."""
-    cps = layout.chunks_per_segment
-    out = torch.zeros(layout.index.shape, dtype=torch.float32)
-    chunk_ids = torch.arange(layout.n_chunks)
-    segments = chunk_ids // cps
-    blocks = indices // BLOCK
-    pairs = torch.unique(segments * (1 << 32) + blocks)
-    for key in pairs.tolist():
-        g, b = key >> 32, key & ((1 << 32) - 1)
-        z = _segment_candidates(step_seed, layout, g, b)
-        sel = (segments == g) & (blocks == b)
-        cs = chunk_ids[sel]
-        out[cs] = z[indices[cs] % BLOCK, cs - g * cps]
-    return out * layout.mask
+    """Both sides: the chosen standard-normal candidates, (n_chunks, d_max) float32 (zeros in padding), on the
+    device of `indices`. Only the chosen candidate of each chunk is generated."""
+    dev = indices.device
+    d_max = layout.index.shape[1]
+    d4 = _width(d_max) // 4
+    seeds = _chunk_seeds(step_seed, 0, layout.n_chunks, dev)
+    calls = indices.long()[:, None] * d4 + torch.arange(d4, device=dev)
+    return _normals_of_calls(seeds[:, None], calls)[:, :d_max] * layout.mask.to(dev)
 
 
-def free_noise(step_seed: int, n: int) -> torch.Tensor:
+def free_noise(step_seed: int, n: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """Shared standard normals (n,) for dimensions that carry no information (tile padding, x_T)."""
-    return torch.randn(n, generator=_gen(mix_seed(step_seed, 3)))
+    return counter_rng.normals(mix_seed(step_seed, 3), 0, n, method="splitmix", device=device)

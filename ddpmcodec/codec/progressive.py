@@ -186,7 +186,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
     start = time.perf_counter()
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError("expected an (H, W, 3) uint8 image")
-    channel.check_candidate_generator()
+    channel.check_candidate_generator(model.device)  # the search runs on the model's device
     profile = profile_for(model)
     h = _header_for(model, profile, pixels, source_mode, settings)
     x0, mask = to_tiles(pixels, h.tile)
@@ -216,8 +216,8 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         q = entropy.quantize_log_kl(kl_bits)
         layout = chain.layout(k, q)
         delta = ((mu_p - mu_q).flatten()[chain.coded] / math.sqrt(var_q)).float()
-        indices = channel.pfr_select(chain.seed(k), layout, delta, math.sqrt(var_p / var_q), chain.n_candidates,
-                                     workers=torch.get_num_threads())
+        indices = channel.pfr_select(chain.seed(k), layout, delta.to(model.device), math.sqrt(var_p / var_q),
+                                     chain.n_candidates, workers=torch.get_num_threads()).cpu()
         symbols.append((q, indices.numpy().astype(np.int32), prev_q))
         prev_q = q
         x_t = chain.advance(k, mu_p, var_p, layout, indices)
