@@ -55,14 +55,21 @@ def zipf_kl_for(q_log_kl: int, n_chunks: int, budget_bits: int) -> float:
 _LOG_KL_MODEL = _MODELS.QuantizedLaplace(LOG_KL_MIN, LOG_KL_MAX)
 
 
+LOG_KL_SCALE = 1.5  # Laplace scale of a step's log-KL around the previous step's (1/8 octaves)
+
+
 def push_log_kl(coder, values: np.ndarray, predictions: np.ndarray) -> None:
-    """Push quantized log-KL values (int) with a Laplace around integer predictions (scale 6)."""
+    """Push quantized log-KL values (int) with a Laplace around integer predictions (scale LOG_KL_SCALE).
+
+    Consecutive steps of an equal-KL schedule carry similar KL: on dev images 0-3 the change from one step to the
+    next had mean |d| 1.3 (in 1/8 octaves). Scale 1.5 instead of 6 made lossless files 0.027 bits/dim smaller on
+    dev images 0-7 (`python -m eval.codec_bench --limit 8` before and after: 4.679 -> 4.652)."""
     coder.encode_reverse(np.asarray(values, np.int32), _LOG_KL_MODEL, np.asarray(predictions, np.float64),
-                         np.full(len(values), 6.0))
+                         np.full(len(values), LOG_KL_SCALE))
 
 
 def pop_log_kl(coder, prediction: int) -> int:
-    return int(coder.decode(_LOG_KL_MODEL, np.array([float(prediction)]), np.array([6.0]))[0])
+    return int(coder.decode(_LOG_KL_MODEL, np.array([float(prediction)]), np.array([LOG_KL_SCALE]))[0])
 
 
 def quantize_log_kl(kl_bits: float) -> int:
