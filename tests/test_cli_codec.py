@@ -97,10 +97,14 @@ def test_truncate_repairs_a_partial_download_and_refuses_a_no_op(env):
     d, model, _ = env
     run("encode", d / "img.png", "-o", d / "dl.ddpm", "--model", model, *FAST, "-q", "-f")
     full = (d / "dl.ddpm").read_bytes()
-    (d / "part.ddpm").write_bytes(full[: len(full) // 3])
+    cut = 2 * len(full) // 3  # holds the first checked block (256 payload bytes)
+    (d / "part.ddpm").write_bytes(full[:cut])
     run("truncate", d / "part.ddpm", "-o", d / "fixed.ddpm", "--model", model)
     assert "PARTIAL" not in run("info", d / "fixed.ddpm", "--model", model).output
-    assert len((d / "fixed.ddpm").read_bytes()) < len(full) // 3
+    assert len((d / "fixed.ddpm").read_bytes()) < cut
+    (d / "short.ddpm").write_bytes(full[:100])  # no checked block: nothing to verify, so nothing is blessed
+    one_line_error(run("truncate", d / "short.ddpm", "-o", d / "short_fixed.ddpm", "--model", model, ok=False))
+    assert not (d / "short_fixed.ddpm").exists()
     one_line_error(run("truncate", d / "dl.ddpm", "-o", d / "same.ddpm", "--model", model, ok=False))
     assert not (d / "same.ddpm").exists()
     one_line_error(run("decode", d / "dl.ddpm", "--stop-at", "bytes=5", "-o", d / "tiny.png", "--model", model,

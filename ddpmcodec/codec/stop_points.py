@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+from ddpmcodec.container import blocks
 from ddpmcodec.container import header as container
 from ddpmcodec.container.limits import DecodeLimits
 from ddpmcodec.codec.progressive import StreamReader, truncated_file, truncated_size
@@ -25,7 +26,8 @@ class StepEntry:
 def _read_table(data: bytes, model, limits: DecodeLimits | None = None) -> tuple[StreamReader, list[StepEntry]]:
     reader = StreamReader(data, model, limits)
     parsed, h, chain = reader.parsed, reader.parsed.header, reader.chain
-    table = [StepEntry(0, chain.steps[0], truncated_size(chain, []), parsed.header_bytes)]
+    first = parsed.header_bytes + blocks.stored_prefix_for(0, h.payload_bytes)  # a prefix needs a checked block
+    table = [StepEntry(0, chain.steps[0], truncated_size(chain, []), first)]
     for k in range(h.steps_present):
         if not reader.pop_step()[2]:
             break

@@ -1,16 +1,18 @@
 """The .ddpm container (format version 3): a compact header followed by the payload (rANS stack words, top first;
 a progressive file's top word is trimmed to its significant bytes, see entropy.rans.stack_to_bytes).
 
-Layout: format byte 0xD3 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | header check
-(2 bytes) | file check (2 bytes) | stored payload (the payload with block checks, see blocks.py).
+Layout: format byte 0xD3 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | file check
+(2 bytes) | stored payload (the payload with block checks, see blocks.py).
 
 The model tag is the first byte of the 4-byte codec identity (weights, configs, rate profile); the whole identity
 enters every check instead of being stored, so a file read with another model fails its checks (or, 255 times in
-256, its tag) and never decodes to garbage. Checks are the low 16 bits of CRC-32: the header check over the header,
-always verified, so a damaged length cannot pass as a partial file; block checks inside the payload, so a partial
-download verifies every complete block it holds; the whole-file check over everything, verified when the file is
-complete. Settings that equal DEFAULTS are omitted, and an image of exactly one tile stores no size, so a default
-lossy 32x32 file spends 9 bytes on its header (10 with a payload over 127 bytes); see `test_container.py`.
+256, its tag) and never decodes to garbage. Checks are the low 16 bits of CRC-32, each over everything before it
+(the identity, the header, the payload so far): block checks inside the payload, so that a partial download verifies
+every complete block it holds, header included; the whole-file check, verified when the file is complete. A file
+shorter than its header says that holds no complete checked block cannot be verified at all and is refused: a
+damaged length never passes as a partial file. Settings that equal DEFAULTS are omitted, and an image of exactly one
+tile stores no size, so a default lossy 32x32 file spends 7 bytes on its header (8 with a payload over 127 bytes);
+see `test_container.py`.
 Version-2 files (ddpmcodec 0.1) are refused with a message that says so.
 """
 from __future__ import annotations
@@ -144,10 +146,8 @@ def pack(header: Header, payload: bytes) -> bytes:
         raise ValueError("payload length does not match header")
     body = header.pack_body()
     crc = _crc_header(header.model_id, body)
-    header_check = blocks.check16(crc)
-    crc = zlib.crc32(header_check, crc)
     stored = blocks.insert_checks(payload, crc)
-    return body + header_check + blocks.check16(zlib.crc32(stored, crc)) + stored
+    return body + blocks.check16(zlib.crc32(stored, crc)) + stored
 
 
 @dataclass
@@ -184,32 +184,34 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
     buf = io.BytesIO(data)
     header = Header.unpack_body(buf, model_id, tile)
     body_end = buf.tell()
-    checks = data[body_end: body_end + 4]
-    if len(checks) != 4:
+    check = data[body_end: body_end + 2]
+    if len(check) != 2:
         raise FormatError("truncated header")
     if model_id is not None:
         if data[1] != model_id[0]:
             raise ModelMismatchError(f"file was encoded with a different model (tag {data[1]:02x}, this model's "
                                      f"{model_id[0]:02x}); pass the same --model used to encode")
         crc = _crc_header(model_id, data[:body_end])
-        if blocks.check16(crc) != checks[:2]:
-            raise FormatError("corrupt file (header check failed), or encoded with a different model")
-        crc = zlib.crc32(checks[:2], crc)
     else:
         crc = None
     _validate(header)
-    stored = data[body_end + 4:]
+    stored = data[body_end + 2:]
     expected = blocks.stored_size(header.payload_bytes)
     if len(stored) > expected:
         raise FormatError("corrupt file (trailing bytes after the payload)")
     payload, verified, bad = blocks.split_stored(stored, header.payload_bytes, crc)
     if bad is not None:
-        raise FormatError(f"corrupt file (check of payload block {bad + 1} failed)")
+        raise FormatError(f"corrupt file (check of payload block {bad + 1} failed), or encoded with a different "
+                          "model")
     complete = len(stored) == expected
-    if complete and crc is not None and blocks.check16(zlib.crc32(stored, crc)) != checks[2:]:
-        raise FormatError("corrupt file (whole-file check failed)")
+    if crc is not None:
+        if complete and blocks.check16(zlib.crc32(stored, crc)) != check:
+            raise FormatError("corrupt file (whole-file check failed), or encoded with a different model")
+        if not complete and not verified:
+            raise FormatError(f"truncated or damaged file: {len(data)} bytes hold no complete checked block of the "
+                              f"{body_end + 2 + expected} the header announces, so nothing in it can be verified")
     usable = payload if complete or crc is None else payload[:verified]
-    return Parsed(header, body_end + 4, usable, complete, crc is not None, len(payload))
+    return Parsed(header, body_end + 2, usable, complete, crc is not None, len(payload))
 
 
 def _validate(h: Header) -> None:
