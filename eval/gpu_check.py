@@ -1,0 +1,184 @@
+"""The prepared GPU check: one script, one JSON, within 8 minutes on one H100/H200.
+
+    python -m eval.gpu_check --device cuda --out eval/out/gpu_check.json          # on a machine with a GPU
+    python -m eval.gpu_check --dry-run --out /tmp/gpu_check.json                  # the same path on the CPU, tiny
+
+What it measures, in order (each part is timed and recorded; a part that fails is recorded with its error and the
+script goes on):
+1. device facts and the counter-based generator's known answers on the device (candidates must be bit-identical);
+2. the channel on the device against the CPU: chosen candidates rebuilt on both must be equal to the last bit,
+   and the indices the search picks (float scores may differ in the last digit, so a rare different pick is allowed
+   and counted);
+3. encode and decode of N dev images with the model on the device: images/s, every lossless file checked;
+4. the largest chunk budget that keeps encode <= 1 s/image on the device (budgets 12..15 on a few images);
+5. cross-device decoding: files encoded on the device decoded on the CPU: lossy stops must decode (PSNR against the
+   device's own decode is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong
+   image.
+The dry run uses a tiny random model and generated images on the CPU, so the test suite exercises every part.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmcodec.channel import pfr
+from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.errors import DeterminismError
+from ddpmcodec.images import psnr
+
+
+def _part(results: dict, name: str, fn) -> None:
+    start = time.perf_counter()
+    try:
+        results[name] = {"ok": True, **fn()}
+    except Exception as exc:  # a failed part is a finding, not the end of the check
+        results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                         "traceback": traceback.format_exc(limit=4)}
+    results[name]["seconds"] = round(time.perf_counter() - start, 3)
+    print(f"{name}: {'ok' if results[name]['ok'] else 'FAILED'} ({results[name]['seconds']} s)", file=sys.stderr)
+
+
+def _device_facts(device: str) -> dict:
+    pfr.check_candidate_generator(device)
+    facts = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
+    if device.startswith("cuda"):
+        facts["name"] = torch.cuda.get_device_name(torch.device(device))
+    return facts
+
+
+def _channel_parity(device: str) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    picks_differ, rebuilt_equal, chunks = 0, True, 0
+    for n_dims, n_chunks, ratio in ((3072, 8, 1.05), (3072, 60, 1.3), (12288, 300, 1.5)):
+        layout = pfr.ChunkLayout.make(n_dims, n_chunks, seed=n_chunks)
+        delta = torch.randn(n_dims, generator=gen) * 0.4
+        cpu = pfr.pfr_select(7, layout, delta, ratio, 4096)
+        dev = pfr.pfr_select(7, layout, delta.to(device), ratio, 4096).cpu()
+        picks_differ += int((cpu != dev).sum())
+        chunks += layout.n_chunks
+        rebuilt_equal &= torch.equal(pfr.pfr_reconstruct(7, layout, cpu),
+                                     pfr.pfr_reconstruct(7, layout, cpu.to(device)).cpu())
+    if not rebuilt_equal:
+        raise AssertionError("candidates rebuilt on the device differ from the CPU's")
+    return {"chunks": chunks, "picks_that_differ": picks_differ, "rebuilt_bit_identical": rebuilt_equal}
+
+
+def _throughput(model, images: np.ndarray, settings: CodecSettings) -> dict:
+    enc_s, dec_s, sizes = 0.0, 0.0, []
+    files = []
+    for im in images:
+        start = time.perf_counter()
+        res = encode(im, model, settings)
+        enc_s += time.perf_counter() - start
+        start = time.perf_counter()
+        out = list(decode_progressive(res.data, model, every_step=False))[-1]
+        dec_s += time.perf_counter() - start
+        if not np.array_equal(out.pixels, im):
+            raise AssertionError("a lossless round trip on the device failed")
+        sizes.append(len(res.data))
+        files.append(res.data)
+    n, dims = len(images), images[0].size
+    return {"images": n, "encode_images_per_s": n / enc_s, "decode_images_per_s": n / dec_s,
+            "encode_s_per_image": enc_s / n, "decode_s_per_image": dec_s / n,
+            "lossless_bits_per_dim": 8 * float(np.mean(sizes)) / dims, "_files": files}
+
+
+def _largest_budget(model, images: np.ndarray, budgets, limit_s: float) -> dict:
+    rows, best = [], None
+    for b in budgets:
+        start = time.perf_counter()
+        sizes = [len(encode(im, model, CodecSettings(budget_bits=b)).data) for im in images]
+        per = (time.perf_counter() - start) / len(images)
+        rows.append({"budget_bits": b, "encode_s_per_image": per,
+                     "lossless_bits_per_dim": 8 * float(np.mean(sizes)) / images[0].size})
+        if per <= limit_s:
+            best = b
+        else:
+            break
+    return {"largest_budget_within_limit": best, "limit_s": limit_s, "rows": rows}
+
+
+def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) -> dict:
+    lossy_psnr, exact, checksum_refusals = [], 0, 0
+    cpu_model = model.to("cpu")
+    try:
+        for data, im in zip(files, images):
+            steps = list(decode_progressive(data, cpu_model, stop_at_t=50, every_step=False))
+            lossy_psnr.append(psnr(steps[-1].pixels, im))
+            try:
+                out = list(decode_progressive(data, cpu_model, every_step=False))[-1]
+            except DeterminismError:
+                checksum_refusals += 1
+                continue
+            if not np.array_equal(out.pixels, im):
+                raise AssertionError("a cross-device lossless decode returned a wrong image")
+            exact += 1
+    finally:
+        model.to(device)
+    return {"files": len(files), "lossless_exact": exact, "lossless_refused_by_checksum": checksum_refusals,
+            "lossy_stop_t50_psnr_db": float(np.mean(lossy_psnr))}
+
+
+def _load(dry_run: bool, device: str, n_images: int, tmp: Path):
+    if dry_run:
+        from ddpmcodec.testing import make_tiny_model, smooth_image
+
+        model = make_tiny_model(tmp, resolution=8, seed=0).to(device)
+        return model, np.stack([smooth_image(8, 8, seed=i) for i in range(n_images)])
+    from ddpmcodec.data import load_dev_set
+    from ddpmcodec.network.model_io import load_model
+
+    return load_model("default", device=device), load_dev_set(n_images)
+
+
+def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int, limit_s: float) -> dict:
+    results: dict = {"command": "python -m eval.gpu_check " + " ".join(sys.argv[1:]), "dry_run": dry_run}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, images = _load(dry_run, device, n_images, Path(tmp))
+        fast = CodecSettings(n_steps=8, budget_bits=6) if dry_run else CodecSettings()
+        _part(results, "device", lambda: _device_facts(device))
+        _part(results, "channel_parity", lambda: _channel_parity(device))
+        _part(results, "throughput", lambda: _throughput(model, images, fast))
+        files = results["throughput"].pop("_files", [])
+        budgets = (4, 5) if dry_run else (12, 13, 14, 15)
+        _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s))
+        _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device))
+    results["total_seconds"] = round(time.perf_counter() - start, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v)
+                              else str(v)))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.gpu_check", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--images", type=int, default=256, help="dev images encoded and decoded on the device")
+    ap.add_argument("--budget-images", type=int, default=8, help="images per budget in the budget search")
+    ap.add_argument("--limit-s", type=float, default=1.0, help="encode seconds per image the budget must keep")
+    ap.add_argument("--dry-run", action="store_true", help="tiny model and generated images on the CPU")
+    ap.add_argument("--out", type=Path, default=Path("eval/out/gpu_check.json"))
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.device, args.images, args.budget_images = "cpu", min(args.images, 2), min(args.budget_images, 2)
+    elif args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available (use --dry-run on a CPU)", file=sys.stderr)
+        return 1
+    results = run(args.device, args.images, args.dry_run, args.out, args.budget_images, args.limit_s)
+    print(json.dumps({k: v.get("ok") if isinstance(v, dict) else v for k, v in results.items()}), file=sys.stderr)
+    return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""eval.gpu_check's CPU dry-run path: every part of the prepared GPU check runs (tiny model, generated images)."""
+from __future__ import annotations
+
+import json
+
+from eval.gpu_check import main
+
+
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "gpu.json"
+    assert main(["--dry-run", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for part in ("device", "channel_parity", "throughput", "largest_budget", "cross_device"):
+        assert r[part]["ok"], r[part]
+    assert r["channel_parity"]["rebuilt_bit_identical"] and r["channel_parity"]["picks_that_differ"] == 0
+    assert r["cross_device"]["lossless_exact"] == r["cross_device"]["files"] > 0
+    assert r["throughput"]["encode_images_per_s"] > 0
