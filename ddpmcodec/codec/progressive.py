@@ -29,6 +29,7 @@ from ddpmcodec.entropy import pixelmodel
 from ddpmcodec.diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from ddpmcodec.errors import DeterminismError, FormatError, InputError, ModelMismatchError
 from ddpmcodec.images import psnr, tile_grid, tiles_to_uint8, to_tiles
+from ddpmcodec.network import windows
 from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
 
@@ -42,6 +43,12 @@ class CodecSettings:
     margin_bits: int = container.DEFAULTS["margin_bits"]  # candidates per chunk = 2^(budget + margin)
     seed: int = container.DEFAULTS["seed"]
     prior: str = "calibrated"  # or "fixedlarge"
+    windowed: bool | None = None  # network on overlapping blended windows (no tile seams); None: WINDOWED_DEFAULT
+
+
+# Multi-tile images are encoded with windowed network evaluation (header flag 0x40) unless settings say otherwise;
+# chosen by measurement (eval/seams_bench.py, docs/seams/README.md). One-tile images never set the flag.
+WINDOWED_DEFAULT = True
 
 
 @dataclass
@@ -99,8 +106,14 @@ class _Chain:
         return channel.free_noise(channel.mix_seed(self.h.seed, 1 << 40), self.mask.numel()).view(self.mask.shape)
 
     def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Predicted noise for the tiles x (N, 3, R, R): per tile, or (header flag) from overlapping windows over
+        the whole padded image, blended (network.windows); the same on both sides."""
         start = time.perf_counter()
-        out = self.model.eps_reproducible(x, t).float()
+        if self.h.windowed:
+            grid = tile_grid(self.h.height, self.h.width, self.h.tile)
+            out = windows.eps_windowed(self.model, x, t, grid)
+        else:
+            out = self.model.eps_reproducible(x, t).float()
         self.unet_seconds += time.perf_counter() - start
         return out
 
@@ -114,7 +127,9 @@ class _Chain:
         return mu_p, var_p
 
     def n_chunks(self, q_log_kl: int) -> int:
-        return max(1, math.ceil(2.0 ** (q_log_kl / 8.0) / self.h.budget_bits))
+        """Chunks of a step whose transmitted KL is 2^(q/8) bits: about budget bits each, at most one per coded
+        dimension (tiny images with small budgets), the same on both sides."""
+        return max(1, min(len(self.coded), math.ceil(2.0 ** (q_log_kl / 8.0) / self.h.budget_bits)))
 
     def first_log_kl_prediction(self) -> int:
         t, s = self.steps[0], self.steps[1]
@@ -165,12 +180,14 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> contai
     if s.seed < 0 or s.n_steps < 1:
         raise InputError("seed must be >= 0 and steps >= 1")
     h, w, _ = pixels.shape
+    windowed = WINDOWED_DEFAULT if s.windowed is None else bool(s.windowed)
+    multi_tile = tile_grid(h, w, model.unet_config.resolution) != (1, 1)
     return container.Header(
         mode=container.MODE_PROGRESSIVE, model_id=codec_model_id(model, profile), width=w, height=h,
         source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
         n_steps=int(s.n_steps), t_end=int(s.t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
-        pixel_crc=pixel_check(pixels), payload_bytes=0)
+        pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile))
 
 
 def pixel_check(pixels: np.ndarray) -> int:
@@ -289,6 +306,8 @@ class StreamReader:
         last = len(self.chain.steps) - 1
         if h.steps_present > last or (h.lossless and h.steps_present != last):
             raise FormatError("corrupt header (step count does not match the schedule)")
+        if h.steps_present == 0 and not h.lossless and h.payload_bytes:
+            raise FormatError("corrupt header (a payload but no coded steps)")
         self.words = entropy.bytes_to_stack(self.parsed.payload, h.payload_bytes)
         self.coder = entropy.new_coder(self.words)
         self.total_words = -(-h.payload_bytes // 4)

@@ -14,6 +14,8 @@ import constriction
 import numpy as np
 import torch
 
+from ddpmcodec.errors import FormatError, one_line
+
 
 _MODELS = constriction.stream.model
 _AnsCoder = constriction.stream.stack.AnsCoder
@@ -27,7 +29,10 @@ def new_coder(words: np.ndarray | None = None):
     """An AnsCoder; with words (uint32, top of stack last) a decoder."""
     if words is None:
         return _AnsCoder()
-    return _AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+    try:
+        return _AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+    except ValueError as exc:  # e.g. "compressed data never ends in a zero word": not a coder's output
+        raise FormatError(f"corrupt payload ({one_line(exc)})") from None
 
 
 @lru_cache(maxsize=64)
