@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from cli.batch_mode import advance, batch_options, batch_output, is_batch, run_batch
 from cli.commands_bitsback import DEFAULT_STEPS as BITSBACK_STEPS, DEFAULT_T_END as BITSBACK_T_END
-from cli.common import (check_output_folder, check_writable, input_file, input_path, limits_option, load, model_options,
-                        parse_stop,
-                        quiet_option, read_input, show_progress, write_atomic, write_png)
+from cli.common import (check_output_folder, check_writable, input_file, input_path,
+                        limits_option, load, model_options, parse_stop, quiet_option, read_input, resolve_device,
+                        show_progress, write_atomic, write_png)
 from ddpmcodec.container.header import DEFAULTS
 from ddpmcodec.errors import InputError
 
@@ -33,10 +34,12 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 
 
 @click.command()
-@click.argument("image", metavar="IMAGE")
-@click.option("-o", "--output", metavar="FILE", help="Output file [IMAGE with .ddpm].")
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="FILE|DIR",
+              help="Output file [IMAGE with .ddpm]; with several inputs, a folder (created if missing).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output if it exists.")
 @model_options
+@batch_options
 @click.option("--mode", type=click.Choice(["progressive", "bitsback"]), default="progressive", show_default=True)
 @click.option("--steps", "n_steps", type=click.IntRange(1, 1000), default=None,
               help=f"Coded steps between T and --t-end (equal expected KL each) "
@@ -60,9 +63,13 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @quiet_option()
 @click.option("-v", "--verbose", is_flag=True, help="Print the per-step table (progressive only).")
 @click.pass_context
-def encode(ctx, image, output, force, model_spec, allow_pickle, device, mode, n_steps, t_end, budget_bits,
-           margin_bits, prior, seed, stop_at, target_bpp, target_psnr, quiet, verbose):
+def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers, ray, ray_batch, mode, n_steps,
+           t_end, budget_bits, margin_bits, prior, seed, stop_at, target_bpp, target_psnr, quiet, verbose):
     """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3).
+
+    Several inputs (image files, folders of images, datasets: .npz, CIFAR-10 archives such as
+    cifar-10-python.tar.gz::test) are coded into the folder -o DIR as <name>.ddpm, one image per worker process
+    (--workers), or as Ray tasks (--ray); outputs already there and complete are skipped unless -f.
 
     --mode bitsback codes the image losslessly with bits-back coding (100 steps down to t=1 by default); it takes
     --steps, --t-end and --seed, and refuses the progressive-only options (--budget, --margin, --prior,
@@ -77,9 +84,12 @@ def encode(ctx, image, output, force, model_spec, allow_pickle, device, mode, n_
         if given:
             raise InputError(f"{', '.join(given)}: not available with --mode bitsback (a lossless, "
                              "non-progressive mode)")
-    input_file(image)
-    out = Path(output) if output else Path(image).with_suffix(".ddpm")
-    check_writable(out, force)
+    many = is_batch(images, ray)
+    if not many:
+        image = images[0]
+        input_file(image)
+        out = Path(output) if output else Path(image).with_suffix(".ddpm")
+        check_writable(out, force)
     stop_t, stop_bytes = parse_stop(stop_at)
     if stop_bytes is not None:
         raise InputError("encode --stop-at takes t=N or lossless; use --target-bpp for a size limit")
@@ -87,6 +97,22 @@ def encode(ctx, image, output, force, model_spec, allow_pickle, device, mode, n_
         raise InputError("choose one of --stop-at, --target-bpp, --target-psnr")
     if target_psnr is not None and math.isnan(target_psnr):
         raise InputError("--target-psnr must be a number of dB, got nan")
+    if many:
+        if verbose:
+            raise InputError("-v/--verbose (the per-step table) takes one input image")
+        if mode == "bitsback":
+            from ddpmcodec.bitsback.codec import BitsBackSettings
+
+            settings = BitsBackSettings(n_steps=n_steps or BITSBACK_STEPS, t_end=t_end or BITSBACK_T_END, seed=seed)
+        else:
+            settings = CodecSettings(n_steps=n_steps or DEFAULTS["n_steps"], t_end=t_end or DEFAULTS["t_end"],
+                                     budget_bits=budget_bits, margin_bits=margin_bits, seed=seed, prior=prior)
+        from ddpmcodec.batch import encode_many
+
+        out_dir = batch_output(output)
+        return run_batch(encode_many, images, quiet, model_spec, settings, out_dir=out_dir, workers=workers,
+                          force=force, stop_at_t=stop_t or 0, target_psnr=target_psnr, target_bpp=target_bpp,
+                          allow_pickle=allow_pickle, device=resolve_device(device), ray=ray, ray_batch=ray_batch)
     img = load_image(image)
     model = load(model_spec, allow_pickle, device)
     if mode == "bitsback":
@@ -100,7 +126,7 @@ def encode(ctx, image, output, force, model_spec, allow_pickle, device, mode, n_
     h, w = img.pixels.shape[:2]
     with _bar(n_steps, "encode", show_progress(quiet)) as bar:
         res = run_encode(img.pixels, model, settings, source_mode=img.source_mode, stop_at_t=stop_t or 0,
-                         target_psnr=target_psnr, progress=_advance(bar))
+                         target_psnr=target_psnr, progress=advance(bar))
     data, stats = res.data, res.steps
     if target_bpp is not None:
         budget = int(target_bpp * h * w / 8)
@@ -149,20 +175,13 @@ def _db(x, width: int) -> str:
     return f"{x:>{width}.2f}"
 
 
-def _advance(bar):
-    """progress(k, n) callback: the bar shows k of n."""
-    def update(k: int, n: int) -> None:
-        bar.total = n
-        bar.update(k - bar.n)
-
-    return update
-
-
 @click.command()
-@click.argument("file")
-@click.option("-o", "--output", metavar="FILE", help="Output PNG [FILE with .png].")
+@click.argument("files", metavar="FILE...", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="FILE|DIR",
+              help="Output PNG [FILE with .png]; with several inputs, a folder (created if missing).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite outputs if they exist.")
 @model_options
+@batch_options
 @click.option("--stop-at", "stop_at",
               help="t=N or bytes=N: decode only that far (lossy preview; t=N stops at the first coded step at or "
                    "below N).")
@@ -172,16 +191,32 @@ def _advance(bar):
               help="Exit 0 for a partial file (payload cut off) instead of 3.")
 @limits_option
 @quiet_option()
-def decode(file, output, force, model_spec, allow_pickle, device, stop_at, frames, allow_partial, limits, quiet):
+def decode(files, output, force, model_spec, allow_pickle, device, workers, ray, ray_batch, stop_at, frames,
+           allow_partial, limits, quiet):
     """Decode a .ddpm FILE to PNG, optionally stopping early (Algorithm 4).
 
     A partial file (shorter than its header says, e.g. a cut-off download) decodes to the last step it holds: the
     image is written, a one-line warning goes to stderr (even with -q) and the exit status is 3. With
     --allow-partial the exit status is 0 and -q silences the warning.
+
+    Several inputs (files, folders of .ddpm files) are decoded into the folder -o DIR as <name>.png on worker
+    processes (--workers) or Ray tasks (--ray); PNGs already there are skipped unless -f. There a partial file is
+    a failed item (nothing written) unless --allow-partial.
     """
     from ddpmcodec.container import header as container
     from ddpmcodec.codec.progressive import decode_progressive
 
+    if is_batch(files, ray):
+        if frames:
+            raise InputError("--frames takes one input file")
+        from ddpmcodec.batch import decode_many
+
+        stop_t, stop_bytes = parse_stop(stop_at)
+        return run_batch(decode_many, files, quiet, model_spec, out_dir=batch_output(output), workers=workers,
+                          force=force, stop_at_t=stop_t, stop_at_bytes=stop_bytes, allow_partial=allow_partial,
+                          limits=limits, allow_pickle=allow_pickle, device=resolve_device(device), ray=ray,
+                          ray_batch=ray_batch)
+    file = files[0]
     start = time.perf_counter()
     data = read_input(file)
     out = Path(output) if output else Path(file).with_suffix(".png")
@@ -206,7 +241,7 @@ def decode(file, output, force, model_spec, allow_pickle, device, stop_at, frame
         frames_dir.mkdir(exist_ok=True)
     with _bar(parsed.header.steps_present + 1, "decode", show_progress(quiet)) as bar:
         for step in decode_progressive(data, model, stop_at_t=stop_t, stop_at_bytes=stop_bytes,
-                                       every_step=frames_dir is not None, progress=_advance(bar), limits=limits):
+                                       every_step=frames_dir is not None, progress=advance(bar), limits=limits):
             last = step
             if frames_dir:
                 write_png(step.pixels, frames_dir / f"step{len(shots):04d}_t{step.t:04d}.png", mode, force)

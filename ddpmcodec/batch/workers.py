@@ -1,0 +1,211 @@
+"""Coding one batch item in a worker (a pool process or a Ray task), and the local worker pool."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Callable
+
+
+from ddpmcodec.errors import CodecError, InputError, one_line
+from ddpmcodec.batch.plan import DecodeJob, EncodeJob, Item, ItemResult
+
+Progress = Callable[[int, int], None]  # progress(items finished, items in all), called in the calling process
+
+
+
+
+# ---- coding one item (in a worker) -----------------------------------------------------------------------------
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CodecError):
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return one_line(exc)
+
+
+def code_item(job, item: Item, model) -> ItemResult:
+    """Code one item with the loaded model and write its output; every expected failure becomes a 'failed' result."""
+    start = time.perf_counter()
+    try:
+        res = _encode_item(job, item, model) if job.kind == "encode" else _decode_item(job, item, model)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one item's failure must not stop the others
+        res = ItemResult(item.source, item.output, "failed", _reason(exc))
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+def _encode_item(job: EncodeJob, item: Item, model) -> ItemResult:
+    from ddpmcodec.atomic_write import atomic_write
+    from ddpmcodec.codec.progressive import CodecSettings, encode
+    from ddpmcodec.codec.stop_points import truncate
+    from ddpmcodec.images import load_image
+
+    if item.path is not None:
+        img = load_image(item.path)
+        pixels, mode, note = img.pixels, img.source_mode, img.note
+    else:
+        pixels, mode, note = item.pixels, "RGB", ""
+    h, w = pixels.shape[:2]
+    if isinstance(job.settings, CodecSettings):
+        res = encode(pixels, model, job.settings, source_mode=mode, stop_at_t=job.stop_at_t,
+                     target_psnr=job.target_psnr)
+        data, stats = res.data, res.steps
+        if job.target_bpp is not None:  # as `ddpmcodec encode --target-bpp`
+            budget = int(job.target_bpp * h * w / 8)
+            fitting = [s for s in stats if s.bytes_if_stopped <= budget]
+            if not fitting:
+                raise InputError(f"--target-bpp {job.target_bpp} is below the smallest possible file "
+                                 f"({8 * stats[0].bytes_if_stopped / (h * w):.3f} bpp)")
+            if fitting[-1] is not stats[-1]:
+                data = truncate(data, model, stop_at_bytes=budget)
+    else:
+        from ddpmcodec.bitsback.codec import encode_image
+
+        data = encode_image(pixels, model, job.settings, source_mode=mode).data
+    _check_not_clobbering(item.output, job.force)
+    atomic_write(item.output, data)
+    return ItemResult(item.source, item.output, "done", note, len(data), h * w)
+
+
+def _decode_item(job: DecodeJob, item: Item, model) -> ItemResult:
+    from ddpmcodec.atomic_write import atomic_write
+    from ddpmcodec.container import header as container
+    from ddpmcodec.images import png_bytes
+
+    data = Path(item.path).read_bytes()
+    parsed = container.unpack(data)
+    if parsed.header.mode == container.MODE_BITSBACK:
+        from ddpmcodec.bitsback.codec import decode_images, file_info
+
+        if job.stop_at_t is not None or job.stop_at_bytes is not None:
+            raise InputError("--stop-at needs a progressive file; this one is bits-back (lossless only)")
+        n = file_info(data, model, job.limits)["images"]
+        if n != 1:
+            raise InputError(f"this file holds a set of {n} images; extract it with `ddpmcodec unpack FILE -o DIR`")
+        out = decode_images(data, model, limits=job.limits)
+        pixels, mode, note = out.images[0], out.source_modes[0], ""
+    else:
+        from ddpmcodec.codec.progressive import decode_progressive
+
+        last = None
+        for last in decode_progressive(data, model, stop_at_t=job.stop_at_t, stop_at_bytes=job.stop_at_bytes,
+                                       every_step=False, limits=job.limits):
+            pass
+        if last is None:
+            raise InputError("nothing to decode")
+        mode = container.SOURCE_MODES[parsed.header.source_mode]
+        pixels, note = last.pixels, ("" if last.t == 0 else f"x^_0 at t={last.t}")
+        if not parsed.complete:
+            if not job.allow_partial:
+                raise InputError(f"partial file (payload cut off; it holds steps down to t={last.t}); nothing "
+                                 "written: --allow-partial writes what it holds")
+            note = f"partial file, decoded up to t={last.t}"
+    _check_not_clobbering(item.output, job.force)
+    atomic_write(item.output, png_bytes(pixels, mode))
+    return ItemResult(item.source, item.output, "done", note, len(data), pixels.shape[0] * pixels.shape[1])
+
+
+def _check_not_clobbering(output: str, force: bool) -> None:
+    """An output that appeared while this item was coded (another run?) is not overwritten without force."""
+    if not force and Path(output).exists():
+        raise InputError(f"{output} appeared while coding; pass -f/--force to overwrite")
+
+
+# ---- workers ---------------------------------------------------------------------------------------------------
+_MODELS: dict = {}  # per worker process (pool or Ray): model key -> loaded model (or the error loading it)
+
+
+def _model_key(job) -> tuple:
+    """Spec, options and the file's size and mtime: a Ray worker that outlives a run never uses a stale model."""
+    from ddpmcodec.network.model_io import resolve_model_path
+
+    try:
+        st = resolve_model_path(job.model_spec).stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+    except (CodecError, OSError):
+        stamp = None
+    return job.model_spec, job.allow_pickle, job.device, stamp
+
+
+def worker_model(job, cache: dict | None = None):
+    """The job's model, loaded once per process (or per `cache`); a load error is raised again for every item."""
+    cache = _MODELS if cache is None else cache
+    key = _model_key(job)
+    if key not in cache:
+        from ddpmcodec.network.model_io import load_model
+
+        try:
+            cache[key] = load_model(job.model_spec, device=job.device, allow_pickle=job.allow_pickle)
+        except Exception as exc:  # noqa: BLE001
+            cache[key] = exc
+    model = cache[key]
+    if isinstance(model, Exception):
+        raise model
+    return model
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def worker_code(job, item: Item, cache: dict | None = None) -> ItemResult:
+    try:
+        model = worker_model(job, cache)
+    except Exception as exc:  # noqa: BLE001
+        return ItemResult(item.source, item.output, "failed", f"model: {_reason(exc)}")
+    return code_item(job, item, model)
+
+
+def run_local(job, items: list[Item], workers: int, progress: Progress | None = None,
+              done_before: int = 0, total: int | None = None) -> list[ItemResult]:
+    """Code the items on `workers` processes (workers=1: in this process, one torch thread); results in order."""
+    import torch
+
+    total = len(items) + done_before if total is None else total
+    results: list[ItemResult | None] = [None] * len(items)
+    finished = done_before
+    if workers <= 1 or len(items) <= 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        models: dict = {}  # in this process: loaded for this call only
+        try:
+            for i, item in enumerate(items):
+                results[i] = worker_code(job, item, models)
+                finished += 1
+                if progress:
+                    progress(finished, total)
+        finally:
+            torch.set_num_threads(before)
+        return results
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
+    pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_worker_init)
+    try:
+        pending = {pool.submit(worker_code, job, item): i for i, item in enumerate(items)}
+        while pending:
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                i = pending.pop(fut)
+                try:
+                    results[i] = fut.result()
+                except BrokenProcessPool:
+                    results[i] = ItemResult(items[i].source, items[i].output, "failed",
+                                            "worker process died (out of memory or killed); rerun to finish")
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = ItemResult(items[i].source, items[i].output, "failed", _reason(exc))
+                finished += 1
+                if progress:
+                    progress(finished, total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
