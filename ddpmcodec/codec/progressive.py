@@ -300,7 +300,8 @@ class StreamReader:
             raise FormatError("this file was written in bits-back mode; decode it with the bits-back decoder")
         limits.check_pixels(h.width * h.height, f"the {h.width}x{h.height} image in this file")
         rows, cols = tile_grid(h.height, h.width, h.tile)
-        limits.check_work(rows * cols * (h.steps_present + 1), len(data))
+        per_step = rows * cols * (windows.cost_factor((rows, cols), h.tile) if h.windowed else 1.0)
+        limits.check_work(math.ceil(per_step * (h.steps_present + 1)), len(data))
         _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
         self.chain = _Chain(model, h, mask)
         last = len(self.chain.steps) - 1

@@ -34,7 +34,8 @@ PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
 DEFAULTS = {"n_steps": 50, "t_end": 4, "budget_bits": 12, "margin_bits": 0, "seed": 0}
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-_F_RESERVED = 0xC0
+_F_WINDOWED = 0x40  # progressive only: the network ran on overlapping blended windows (ddpmcodec.network.windows)
+_F_RESERVED = 0x80
 MAX_VARINT_BYTES = 10
 
 
@@ -82,6 +83,7 @@ class Header:
     seed: int
     pixel_crc: int  # low 16 bits of the CRC-32 of the original pixels (stored only when lossless)
     payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
+    windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -94,7 +96,8 @@ class Header:
         custom = self.settings() != DEFAULTS
         one_tile = self.width == self.height == self.tile
         flags = (_F_BITSBACK * self.mode | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
-                 | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile)
+                 | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile
+                 | _F_WINDOWED * bool(self.windowed))
         out = io.BytesIO()
         out.write(bytes([FORMAT_BYTE, self.model_id[0], flags]))
         for v in ([] if one_tile else [self.width - 1, self.height - 1]) + [self.steps_present, self.payload_bytes]:
@@ -134,7 +137,7 @@ class Header:
         return cls(mode=int(bool(flags & _F_BITSBACK)), model_id=ident, width=w, height=h,
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
-                   pixel_crc=crc, payload_bytes=size, **settings)
+                   pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)), **settings)
 
 
 def _crc_header(model_id: bytes, body: bytes) -> int:
@@ -221,6 +224,7 @@ def _validate(h: Header) -> None:
          "channel settings out of range"),
         (1 <= h.n_steps <= 1 << 16 and 1 <= h.t_end < 1 << 16 and h.steps_present < 1 << 16, "implausible schedule"),
         (h.payload_bytes < 1 << 40 and h.seed < 1 << 32, "implausible sizes"),
+        (not (h.windowed and h.mode == MODE_BITSBACK), "unknown flags"),
     ]
     for ok, msg in checks:
         if not ok:
