@@ -76,7 +76,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
     --stop-at, --target-bpp, --target-psnr, -v).
     """
     from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
-    from ddpmcodec.codec.stop_points import truncate
+    from ddpmcodec.codec.stop_points import fit_to_bpp
     from ddpmcodec.images import load_image
 
     if mode == "bitsback":
@@ -129,13 +129,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
                          target_psnr=target_psnr, progress=advance(bar))
     data, stats = res.data, res.steps
     if target_bpp is not None:
-        budget = int(target_bpp * h * w / 8)
-        fitting = [s for s in stats if s.bytes_if_stopped <= budget]
-        if not fitting:
-            raise InputError(f"--target-bpp {target_bpp} is below the smallest possible file "
-                             f"({8 * stats[0].bytes_if_stopped / (h * w):.3f} bpp)")
-        if fitting[-1] is not stats[-1]:
-            data = truncate(data, model, stop_at_bytes=budget)
+        data = fit_to_bpp(data, stats, model, target_bpp, h, w)
     write_atomic(out, data, force)
     from ddpmcodec.container import header as container
 

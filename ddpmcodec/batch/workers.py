@@ -42,7 +42,7 @@ def code_item(job, item: Item, model) -> ItemResult:
 def _encode_item(job: EncodeJob, item: Item, model) -> ItemResult:
     from ddpmcodec.atomic_write import atomic_write
     from ddpmcodec.codec.progressive import CodecSettings, encode
-    from ddpmcodec.codec.stop_points import truncate
+    from ddpmcodec.codec.stop_points import fit_to_bpp
     from ddpmcodec.images import load_image
 
     if item.path is not None:
@@ -56,13 +56,7 @@ def _encode_item(job: EncodeJob, item: Item, model) -> ItemResult:
                      target_psnr=job.target_psnr)
         data, stats = res.data, res.steps
         if job.target_bpp is not None:  # as `ddpmcodec encode --target-bpp`
-            budget = int(job.target_bpp * h * w / 8)
-            fitting = [s for s in stats if s.bytes_if_stopped <= budget]
-            if not fitting:
-                raise InputError(f"--target-bpp {job.target_bpp} is below the smallest possible file "
-                                 f"({8 * stats[0].bytes_if_stopped / (h * w):.3f} bpp)")
-            if fitting[-1] is not stats[-1]:
-                data = truncate(data, model, stop_at_bytes=budget)
+            data = fit_to_bpp(data, stats, model, job.target_bpp, h, w)
     else:
         from ddpmcodec.bitsback.codec import encode_image
 

@@ -75,6 +75,17 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
     return truncated_file(reader.chain, reader.symbols[:entry.index])
 
 
+def fit_to_bpp(data: bytes, steps, model, target_bpp: float, height: int, width: int) -> bytes:
+    """The longest valid prefix file of an encode within target_bpp (steps: EncodeResult.steps), as
+    `encode --target-bpp` writes it; InputError if even the smallest file is larger."""
+    budget = int(target_bpp * height * width / 8)
+    fitting = [s for s in steps if s.bytes_if_stopped <= budget]
+    if not fitting:
+        raise InputError(f"--target-bpp {target_bpp} is below the smallest possible file "
+                         f"({8 * steps[0].bytes_if_stopped / (height * width):.3f} bpp)")
+    return data if fitting[-1] is steps[-1] else truncate(data, model, stop_at_bytes=budget)
+
+
 def bitsback_summary_lines(data: bytes, model=None, limits: DecodeLimits | None = None) -> list[str]:
     """`info` for a bits-back file (header and sub-header), verified against the model when one is given."""
     from ddpmcodec.bitsback.format import file_info
