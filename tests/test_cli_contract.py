@@ -290,8 +290,6 @@ def test_stop_at_says_which_coded_step_it_used(env, tmp_path):
 def test_every_command_takes_quiet(env, tmp_path):
     d, model = env
     for name in sorted(main.commands):
-        if name == "report":  # passes its options to eval.report, which has its own -q
-            continue
         assert "-q, --quiet" in run(name, "--help").output, name
     assert run("truncate", d / "full.ddpm", "--stop-at", "t=300", "-o", tmp_path / "t.ddpm", "--model", model,
                "-q").output == ""
@@ -344,6 +342,10 @@ def test_unreachable_target_psnr_prints_no_nan(env, tmp_path):
     res = run("encode", d / "img.png", "-o", tmp_path / "p.ddpm", "--target-psnr", "500", "--model", model, *FAST,
               "-v")
     assert "nan" not in res.output.lower() and "target PSNR" in res.output and "not reached" in res.output
+    assert "lossless" in res.output  # an unreachable target gives the lossless file, not one ending at t_end
+    run("decode", tmp_path / "p.ddpm", "-o", tmp_path / "p.png", "--model", model, "-q")
+    rgb = np.asarray(Image.open(d / "img.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "p.png")), rgb)
 
 
 # ---- crafted headers with valid checks: refused before any allocation (issue 9, item 2) ---------------------------
