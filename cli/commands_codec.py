@@ -24,7 +24,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 # Options of `encode` that only the progressive mode uses (bits-back refuses them when given).
-_PROGRESSIVE_ONLY = {"budget_bits": "--budget", "margin_bits": "--margin", "prior": "--prior",
+_PROGRESSIVE_ONLY = {"budget_bits": "--budget", "margin_bits": "--margin", "prior": "--prior", "windowed": "--windows",
                      "stop_at": "--stop-at", "target_bpp": "--target-bpp", "target_psnr": "--target-psnr",
                      "verbose": "-v/--verbose"}
 
@@ -56,6 +56,9 @@ def _explicit(ctx: click.Context, name: str) -> bool:
               help="Prior variance (progressive only).")
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=DEFAULTS["seed"], show_default=True,
               help="Seed of the shared randomness (candidates, x_T; bits-back: noise and initial words).")
+@click.option("--windows/--no-windows", "windowed", default=None,
+              help="Multi-tile images: the network on overlapping blended windows (no seams in previews) or per tile "
+                   "[windows].")
 @click.option("--stop-at", "stop_at",
               help="End the file early: t=N (lossy; at the first coded step at or below N) or lossless [lossless].")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), help="Largest prefix within this bpp.")
@@ -64,7 +67,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="Print the per-step table (progressive only).")
 @click.pass_context
 def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers, ray, ray_batch, mode, n_steps,
-           t_end, budget_bits, margin_bits, prior, seed, stop_at, target_bpp, target_psnr, quiet, verbose):
+           t_end, budget_bits, margin_bits, prior, seed, windowed, stop_at, target_bpp, target_psnr, quiet, verbose):
     """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3).
 
     Several inputs (image files, folders of images, datasets: .npz, CIFAR-10 archives such as
@@ -106,7 +109,8 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
             settings = BitsBackSettings(n_steps=n_steps or BITSBACK_STEPS, t_end=t_end or BITSBACK_T_END, seed=seed)
         else:
             settings = CodecSettings(n_steps=n_steps or DEFAULTS["n_steps"], t_end=t_end or DEFAULTS["t_end"],
-                                     budget_bits=budget_bits, margin_bits=margin_bits, seed=seed, prior=prior)
+                                     budget_bits=budget_bits, margin_bits=margin_bits, seed=seed, prior=prior,
+                                     windowed=windowed)
         from ddpmcodec.batch import encode_many
 
         out_dir = batch_output(output)
@@ -122,7 +126,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
                                t_end=t_end or BITSBACK_T_END, seed=seed)
     n_steps, t_end = n_steps or DEFAULTS["n_steps"], t_end or DEFAULTS["t_end"]
     settings = CodecSettings(n_steps=n_steps, t_end=t_end, budget_bits=budget_bits, margin_bits=margin_bits,
-                             seed=seed, prior=prior)
+                             seed=seed, prior=prior, windowed=windowed)
     h, w = img.pixels.shape[:2]
     with _bar(n_steps, "encode", show_progress(quiet)) as bar:
         res = run_encode(img.pixels, model, settings, source_mode=img.source_mode, stop_at_t=stop_t or 0,

@@ -384,3 +384,15 @@ def test_max_pixels_raises_the_limits_for_a_large_image(env, tmp_path):
     path = _crafted(tmp_path, model, "wide.ddpm", width=8 * 80, height=8 * 80)  # 6400 tiles, x_T only, 13 bytes
     one_line_error(run("decode", path, "-o", tmp_path / "o.png", "--model", model, ok=False), "network evaluations")
     run("info", path, "--model", model, "--max-pixels", str(10 ** 6))
+
+
+def test_no_windows_turns_windowed_evaluation_off(env, tmp_path):
+    from ddpmcodec.container import header as container
+
+    d, model = env
+    img = np.clip(np.cumsum(np.random.default_rng(3).integers(-8, 9, (12, 20, 3)), axis=1) + 128, 0, 255)
+    Image.fromarray(img.astype(np.uint8)).save(tmp_path / "wide.png")  # 2x3 tiles of 8 px
+    for flag, expected in (([], 1), (["--no-windows"], 0), (["--windows"], 1)):
+        out = tmp_path / f"w{len(flag)}{expected}.ddpm"
+        run("encode", tmp_path / "wide.png", "-o", out, "--model", model, *FAST, "--stop-at", "t=300", "-q", *flag)
+        assert container.unpack(out.read_bytes()).header.windowed == expected
