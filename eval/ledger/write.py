@@ -71,7 +71,7 @@ def markdown(r: dict) -> str:
              f"    {r['command']}", "",
              f"Model `{r['model']}` (identity `{r['model_identity']}`), codec settings `{r['settings']}`, "
              f"format version {r['format_version']}. bits/dim, mean ± standard error over {n} images "
-             "(bpp = 3 × bits/dim). Columns as in `eval/ledger.py`'s docstring: (a) the model's 1000-step ideal "
+             "(bpp = 3 × bits/dim). Columns as in `eval/ledger/__init__.py`'s docstring: (a) the model's 1000-step ideal "
              f"(single steps, calibrated prior as the codec; {r['t_samples']} importance-sampled t per interval "
              f"between coded steps, exact where an interval is shorter: {g['model_evals_per_image']:.0f} network "
              "evaluations per image, unbiased), (b) the schedule's unbiased NELBO (fresh x_t per coded level), "
