@@ -144,8 +144,11 @@ def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: 
     bounds = [round(i * n_seg / workers) for i in range(workers + 1)]
     runs = [range(bounds[i], bounds[i + 1]) for i in range(workers)]
     dl = layout.gather(delta.float())  # (n_chunks, d_max)
-    if workers == 1 or dl.device.type != "cpu":  # one device: the search is already parallel there
+    if dl.device.type != "cpu":  # one device: the search is already parallel there
         return _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates, range(n_seg))
+    if workers == 1:  # one intra-op thread: the search's many small ops lose more to thread wake-ups than they gain
+        return map_one_thread_each(lambda run: _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates,
+                                                                    run), [range(n_seg)], 1)[0]
     parts = map_one_thread_each(lambda run: _pfr_select_segments(step_seed, layout, dl, float(ratio), n_candidates,
                                                                  run), runs, workers)
     return torch.cat(parts)

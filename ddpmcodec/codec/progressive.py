@@ -29,6 +29,7 @@ from ddpmcodec.entropy import pixelmodel
 from ddpmcodec.diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from ddpmcodec.errors import DeterminismError, FormatError, InputError, ModelMismatchError
 from ddpmcodec.images import psnr, tile_grid, tiles_to_uint8, to_tiles
+from ddpmcodec.parallel import single_thread
 from ddpmcodec.network import windows
 from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 
@@ -98,6 +99,7 @@ class _Chain:
         self.free = torch.nonzero(~mask.flatten()).squeeze(1)
         self.n_candidates = 2 ** (h.budget_bits + h.margin_bits)
         self.unet_seconds = 0.0
+        self.workers = torch.get_num_threads()  # parallel one-thread workers for tile groups and PFR segments
 
     def seed(self, k: int) -> int:
         return channel.mix_seed(self.h.seed, k, self.steps[k], self.steps[k + 1] if k + 1 < len(self.steps) else 0)
@@ -111,9 +113,9 @@ class _Chain:
         start = time.perf_counter()
         if self.h.windowed:
             grid = tile_grid(self.h.height, self.h.width, self.h.tile)
-            out = windows.eps_windowed(self.model, x, t, grid)
+            out = windows.eps_windowed(self.model, x, t, grid, workers=self.workers)
         else:
-            out = self.model.eps_reproducible(x, t).float()
+            out = self.model.eps_reproducible(x, t, self.workers).float()
         self.unet_seconds += time.perf_counter() - start
         return out
 
@@ -199,7 +201,14 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
            stop_at_t: int = 0, target_psnr: float | None = None,
            progress: Callable[[int, int], None] | None = None) -> EncodeResult:
     """Encode uint8 (H, W, 3) pixels. stop_at_t > 0 ends the file at the first coded t <= stop_at_t (lossy);
-    target_psnr ends it at the first step whose x^_0 reaches that PSNR. progress(k, n) is called per step."""
+    target_psnr ends it at the first step whose x^_0 reaches that PSNR. progress(k, n) is called per step.
+    Runs with one intra-op thread; the caller's thread count sets the parallel workers (tile groups, segments)."""
+    workers = torch.get_num_threads()
+    with single_thread():
+        return _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progress, workers)
+
+
+def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progress, workers) -> EncodeResult:
     start = time.perf_counter()
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError("expected an (H, W, 3) uint8 image")
@@ -208,6 +217,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
     h = _header_for(model, profile, pixels, source_mode, settings)
     x0, mask = to_tiles(pixels, h.tile)
     chain = _Chain(model, h, mask)
+    chain.workers = workers
     steps = chain.steps
     height, width = pixels.shape[:2]
     x_t = chain.x_T()
@@ -234,7 +244,7 @@ def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(),
         layout = chain.layout(k, q)
         delta = ((mu_p - mu_q).flatten()[chain.coded] / math.sqrt(var_q)).float()
         indices = channel.pfr_select(chain.seed(k), layout, delta.to(model.device), math.sqrt(var_p / var_q),
-                                     chain.n_candidates, workers=torch.get_num_threads()).cpu()
+                                     chain.n_candidates, workers=chain.workers).cpu()
         symbols.append((q, indices.numpy().astype(np.int32), prev_q))
         prev_q = q
         x_t = chain.advance(k, mu_p, var_p, layout, indices)
@@ -350,16 +360,12 @@ class DecodedStep(NamedTuple):
     pixels: np.ndarray  # (H, W, 3) uint8: x^_0 (eq. 15) at t, or the exact image at t = 0
 
 
-def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
+def _decode_steps(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
                        every_step: bool = True, progress: Callable[[int, int], None] | None = None,
-                       limits: DecodeLimits | None = None) -> Iterator[DecodedStep]:
-    """Algorithm 4: yield x^_0 after every coded step (or only the final result when every_step=False).
-    progress(k, n) is called after each of the (at most) n network evaluations, whether or not a step is yielded.
-
-    Stops at the first coded t <= stop_at_t, at the last step whose prefix fits in stop_at_bytes, or at the end of
-    what the file holds; a complete lossless file ends with the exact image (t = 0).
-    """
+                       limits: DecodeLimits | None = None, workers: int = 1) -> Iterator[DecodedStep]:
+    """decode_progressive's work, on the calling thread's settings; workers: parallel one-thread workers."""
     reader = StreamReader(data, model, limits)
+    reader.chain.workers = workers
     parsed, h, chain, coder = reader.parsed, reader.parsed.header, reader.chain, reader.coder
     steps = chain.steps
     x_t = chain.x_T()
@@ -397,3 +403,24 @@ def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at
                                "network outputs (different device, CPU kernels or torch build); lossy previews "
                                "(--stop-at) still decode")
     yield DecodedStep(0, len(data), pixels)
+
+
+def decode_progressive(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: int | None = None,
+                       every_step: bool = True, progress: Callable[[int, int], None] | None = None,
+                       limits: DecodeLimits | None = None) -> Iterator[DecodedStep]:
+    """Algorithm 4: yield x^_0 after every coded step (or only the final result when every_step=False).
+    progress(k, n) is called after each of the (at most) n network evaluations, whether or not a step is yielded.
+
+    Stops at the first coded t <= stop_at_t, at the last step whose prefix fits in stop_at_bytes, or at the end of
+    what the file holds; a complete lossless file ends with the exact image (t = 0). The work between yields runs
+    with one intra-op thread (the caller's thread count sets the parallel workers); the caller's setting is back
+    whenever a step is handed over.
+    """
+    workers = torch.get_num_threads()
+    steps = _decode_steps(data, model, stop_at_t, stop_at_bytes, every_step, progress, limits, workers)
+    while True:
+        with single_thread():
+            step = next(steps, None)
+        if step is None:
+            return
+        yield step

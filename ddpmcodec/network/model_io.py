@@ -66,7 +66,7 @@ class DiffusionModel:
         with torch.inference_mode():
             return self.net(x.to(self.device, torch.float32), steps)
 
-    def eps_reproducible(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def eps_reproducible(self, x: torch.Tensor, t: int, workers: int | None = None) -> torch.Tensor:
         """:meth:`eps` for x (B, C, H, W) at one t, returned on x's device, with outputs that do not depend on the
         machine's core count.
 
@@ -80,7 +80,7 @@ class DiffusionModel:
         groups = [x[i:i + size] for i in range(0, len(x), size)]
         if self.device.type != "cpu":
             return torch.cat([self.eps(g, t).to(x.device) for g in groups])
-        outs = map_one_thread_each(lambda g: self.eps(g, t), groups, torch.get_num_threads())
+        outs = map_one_thread_each(lambda g: self.eps(g, t), groups, workers or torch.get_num_threads())
         return torch.cat(outs).to(x.device)
 
     def to(self, device: str | torch.device) -> "DiffusionModel":

@@ -87,7 +87,7 @@ def normalised_weights(height: int, width: int, wins: list[tuple[int, int, int, 
 
 
 def eps_windowed(model, tiles: torch.Tensor, t: int, grid: tuple[int, int], size: int | None = None,
-                 stride: int | None = None) -> torch.Tensor:
+                 stride: int | None = None, workers: int | None = None) -> torch.Tensor:
     """eps for the tiled image `tiles` (gh*gw, 3, R, R) at step t, from blended overlapping windows.
 
     size/stride default to the format geometry (:func:`geometry`). Windows of equal shape are evaluated as one
@@ -107,7 +107,7 @@ def eps_windowed(model, tiles: torch.Tensor, t: int, grid: tuple[int, int], size
     preds: list[torch.Tensor | None] = [None] * len(wins)
     for (wh, ww), ks in by_shape.items():
         batch = torch.stack([canvas[:, wins[k][0]:wins[k][0] + wh, wins[k][1]:wins[k][1] + ww] for k in ks])
-        eps = model.eps_reproducible(batch.contiguous(), t).float()
+        eps = model.eps_reproducible(batch.contiguous(), t, workers).float()
         for j, k in enumerate(ks):
             preds[k] = eps[j]
     for (y, x, wh, ww), w, e in zip(wins, weights, preds):
