@@ -202,7 +202,7 @@ def decode(files, output, force, model_spec, allow_pickle, device, workers, ray,
     a failed item (nothing written) unless --allow-partial.
     """
     from ddpmcodec.container import header as container
-    from ddpmcodec.codec.progressive import decode_progressive
+    from ddpmcodec.codec.decoding import decode_progressive
 
     if is_batch(files, ray):
         if frames:

@@ -213,7 +213,7 @@ def _serve(model_path: str, mem_limit: int, timeout: float) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ddpmcodec.codec.progressive import decode_progressive
+    from ddpmcodec.codec.decoding import decode_progressive
     from ddpmcodec.codec.stop_points import step_table, truncate
     from ddpmcodec.errors import CodecError
     from ddpmcodec.network.model_io import load_model

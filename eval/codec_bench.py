@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.data import load_dev_set, load_images
 from ddpmcodec.network.model_io import load_model
 

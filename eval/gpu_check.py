@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ddpmcodec.channel import pfr
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.errors import DeterminismError
 from ddpmcodec.images import psnr
 

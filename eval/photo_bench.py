@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ddpmcodec.codec import progressive
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.network.model_io import load_model
 
 

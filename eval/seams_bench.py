@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpmcodec.codec import progressive
+from ddpmcodec.codec import decoding, progressive
 from ddpmcodec.diffusion import Schedule, predict_x0, q_sample
 from ddpmcodec.images import psnr, tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.network import windows
@@ -120,7 +119,7 @@ def full(model, imgs, variants=("tiles", "windows")):
             start = time.perf_counter()
             previews = {}
             stop_ts = {stop: res.steps[_at_stop(res.steps, stop)].t for stop in STOPS}
-            for step in progressive.decode_progressive(res.data, model):
+            for step in decoding.decode_progressive(res.data, model):
                 if step.t in stop_ts.values():
                     previews[step.t] = step.pixels
                 last = step

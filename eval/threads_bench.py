@@ -15,7 +15,8 @@ import time
 import numpy as np
 import torch
 
-from ddpmcodec.codec.progressive import decode_progressive, encode
+from ddpmcodec.codec.progressive import encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.data import load_dev_set
 from ddpmcodec.network.model_io import load_model
 

@@ -6,7 +6,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli.main import main
-from ddpmcodec.codec.progressive import CodecSettings, codec_model_id, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, codec_model_id, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.network.model_io import load_model
 from ddpmcodec.schedule.steps import equal_kl_schedule, fallback_profile, profile_for
 from ddpmcodec.testing import make_tiny_model

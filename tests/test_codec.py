@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ddpmcodec.container import header as container
-from ddpmcodec.codec.progressive import StreamReader, CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import StreamReader, decode_progressive
 from ddpmcodec.errors import DeterminismError, FormatError, ModelMismatchError
 from ddpmcodec.codec.stop_points import step_table, truncate
 from ddpmcodec.testing import make_tiny_model, smooth_image

@@ -291,7 +291,8 @@ def test_heif_skips_cleanly_when_missing(monkeypatch):
 # ---- MS-SSIM of the DDPM curves: the classic codecs' function on the decoded frames --------------------------------
 def test_coded_image_msssim_matches_classic_on_decoded_frames(setup):
     pytest.importorskip("torchmetrics")
-    from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+    from ddpmcodec.codec.progressive import CodecSettings, encode
+    from ddpmcodec.codec.decoding import decode_progressive
 
     _, model = setup
     im = _natural_ish(1, seed=6)[0]

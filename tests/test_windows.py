@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.container import header as container
 from ddpmcodec.images import psnr, tile_grid, to_tiles
 from ddpmcodec.network import windows

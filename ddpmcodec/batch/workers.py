@@ -84,7 +84,7 @@ def _decode_item(job: DecodeJob, item: Item, model) -> ItemResult:
         out = decode_images(data, model, limits=job.limits)
         pixels, mode, note = out.images[0], out.source_modes[0], ""
     else:
-        from ddpmcodec.codec.progressive import decode_progressive
+        from ddpmcodec.codec.decoding import decode_progressive
 
         last = None
         for last in decode_progressive(data, model, stop_at_t=job.stop_at_t, stop_at_bytes=job.stop_at_bytes,

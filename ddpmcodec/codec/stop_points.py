@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from ddpmcodec.container import blocks
 from ddpmcodec.container import header as container
 from ddpmcodec.container.limits import DecodeLimits
-from ddpmcodec.codec.progressive import StreamReader, truncated_file, truncated_size
+from ddpmcodec.codec.progressive import truncated_file, truncated_size
+from ddpmcodec.codec.decoding import StreamReader
 from ddpmcodec.errors import InputError
 
 

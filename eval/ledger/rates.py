@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from ddpmcodec.bound import model_eps_fn, pair_noise, pair_terms, prior_term_bits, term_tables
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.container import header as container
 from ddpmcodec.diffusion import LOG2, Schedule, gaussian_kl, predict_x0, q_sample_batched
 from ddpmcodec.entropy import pixelmodel

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from ddpmcodec.container import header as container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
-from ddpmcodec.codec.progressive import CodecSettings, decode_progressive, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.decoding import decode_progressive
 from eval.report import classic
 from eval.report.cache import Cache, image_digest
 
