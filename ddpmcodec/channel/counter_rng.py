@@ -198,13 +198,21 @@ def _fmix64_(z: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def splitmix64(seed: int, index: torch.Tensor) -> torch.Tensor:
-    """SplitMix64 outputs at ``index`` (int64 tensor, any shape, values >= 0) -> int64 tensor holding uint64 bits."""
+def splitmix64(seed: int | torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 outputs at ``index`` (int64 tensor, any shape, values >= 0) -> int64 tensor holding uint64 bits.
+    seed: one seed, or an int64 tensor of seeds (uint64 bits) broadcast against index (one stream per seed)."""
     index = torch.as_tensor(index)
     z = index + 1
     z *= _s64(SPLITMIX_GAMMA)
-    z += _s64(seed)
+    z = z + seed if torch.is_tensor(seed) else z.add_(_s64(seed))
     return _fmix64_(z)
+
+
+def splitmix_normals(seeds: torch.Tensor, calls: torch.Tensor) -> torch.Tensor:
+    """Normals of SplitMix64 calls: seeds (int64 tensor) broadcast against calls (..., d4) -> (..., 4 d4) float32.
+    Call b of the stream with seed s gives four 16-bit uniforms, least significant first, through the table."""
+    bits = splitmix64(seeds, calls)
+    return torch.index_select(normal_table(bits.device), 0, _fields16(bits.reshape(-1))).reshape(*bits.shape[:-1], -1)
 
 
 def stream_seed(key: int, stream: int = 0) -> int:

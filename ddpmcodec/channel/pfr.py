@@ -65,19 +65,6 @@ def _width(d_max: int) -> int:
     return 4 * -(-d_max // 4)
 
 
-def _normals_of_calls(seeds: torch.Tensor, calls: torch.Tensor) -> torch.Tensor:
-    """Normals of generator calls: seeds broadcast against calls (..., d4) -> (..., 4 d4) float32.
-
-    Call b of the stream with seed s is SplitMix64's output b: four 16-bit uniforms, least significant first,
-    each mapped through the quantile table.
-    """
-    z = (calls + 1) * counter_rng._s64(counter_rng.SPLITMIX_GAMMA) + seeds
-    bits = counter_rng._fmix64_(z)
-    u = counter_rng._fields16(bits.reshape(-1))
-    table = counter_rng.normal_table(bits.device)
-    return torch.index_select(table, 0, u).reshape(*bits.shape[:-1], -1)
-
-
 @dataclass(frozen=True)
 class ChunkLayout:
     """Rectangular (n_chunks, d_max) view of D coded dimensions after a seeded permutation.
@@ -126,7 +113,7 @@ def _block_candidates(seeds: torch.Tensor, d_max: int, block: int) -> torch.Tens
     d4 = _width(d_max) // 4
     calls = (torch.arange(BLOCK, device=seeds.device) + block * BLOCK)[:, None, None] * d4 + torch.arange(
         d4, device=seeds.device)
-    return _normals_of_calls(seeds[None, :, None], calls)
+    return counter_rng.splitmix_normals(seeds[None, :, None], calls)
 
 
 def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: float, n_candidates: int,
@@ -202,7 +189,7 @@ def pfr_reconstruct(step_seed: int, layout: ChunkLayout, indices: torch.Tensor) 
     d4 = _width(d_max) // 4
     seeds = _chunk_seeds(step_seed, 0, layout.n_chunks, dev)
     calls = indices.long()[:, None] * d4 + torch.arange(d4, device=dev)
-    return _normals_of_calls(seeds[:, None], calls)[:, :d_max] * layout.mask.to(dev)
+    return counter_rng.splitmix_normals(seeds[:, None], calls)[:, :d_max] * layout.mask.to(dev)
 
 
 def free_noise(step_seed: int, n: int, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -11,14 +11,11 @@ import numpy as np
 import torch
 
 from ddpmcodec.channel import pfr as channel
-
 from ddpmcodec.container import blocks
 from ddpmcodec.container import header as container
 from ddpmcodec.container.limits import DecodeLimits
-
-from ddpmcodec.entropy import rans as entropy
-
 from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.errors import DeterminismError, FormatError, InputError
 from ddpmcodec.images import tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.parallel import single_thread
@@ -40,7 +37,7 @@ class StreamReader:
     Popping needs no network evaluation (indices use fixed laws), so step tables and truncation are cheap.
     """
 
-    def __init__(self, data: bytes, model, limits: DecodeLimits | None = None):
+    def __init__(self, data: bytes, model, limits: DecodeLimits | None = None, workers: int = 1):
         channel.check_candidate_generator()
         limits = limits or DecodeLimits()
         model_id = codec_model_id(model, profile_for(model))
@@ -53,7 +50,7 @@ class StreamReader:
         per_step = rows * cols * (windows.cost_factor((rows, cols), h.tile) if h.windowed else 1.0)
         limits.check_work(math.ceil(per_step * (h.steps_present + 1)), len(data))
         _, mask = to_tiles(np.zeros((h.height, h.width, 3), np.uint8), h.tile)
-        self.chain = _Chain(model, h, mask)
+        self.chain = _Chain(model, h, mask, workers)
         last = len(self.chain.steps) - 1
         if h.steps_present > last or (h.lossless and h.steps_present != last):
             raise FormatError("corrupt header (step count does not match the schedule)")
@@ -104,8 +101,7 @@ def _decode_steps(data: bytes, model, stop_at_t: int | None = None, stop_at_byte
                        every_step: bool = True, progress: Callable[[int, int], None] | None = None,
                        limits: DecodeLimits | None = None, workers: int = 1) -> Iterator[DecodedStep]:
     """decode_progressive's work, on the calling thread's settings; workers: parallel one-thread workers."""
-    reader = StreamReader(data, model, limits)
-    reader.chain.workers = workers
+    reader = StreamReader(data, model, limits, workers)
     parsed, h, chain, coder = reader.parsed, reader.parsed.header, reader.chain, reader.coder
     steps = chain.steps
     x_t = chain.x_T()

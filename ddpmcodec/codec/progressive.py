@@ -18,14 +18,11 @@ import numpy as np
 import torch
 
 from ddpmcodec.channel import pfr as channel
-
 from ddpmcodec.container import header as container
-
-from ddpmcodec.entropy import rans as entropy
-
 from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
-from ddpmcodec.errors import FormatError, InputError, ModelMismatchError
+from ddpmcodec.errors import FormatError, InputError
 from ddpmcodec.images import psnr, tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.parallel import single_thread
 from ddpmcodec.network import windows
@@ -76,16 +73,13 @@ def codec_model_id(model, profile: Profile) -> bytes:
 class _Chain:
     """State shared by encoder and decoder: schedule, prior, coded dimensions, per-step seeds."""
 
-    def __init__(self, model, h: container.Header, mask: torch.Tensor):
+    def __init__(self, model, h: container.Header, mask: torch.Tensor, workers: int = 1):
+        """h comes from the encoder's settings or from container.unpack verified against this model's identity
+        and tile size (a file of another model never gets here). workers: parallel one-thread workers for tile
+        groups and PFR segments."""
         self.model = model
         self.sched = Schedule(model.diffusion)
         self.profile = profile_for(model)
-        if codec_model_id(model, self.profile) != h.model_id:
-            raise ModelMismatchError(
-                f"file was encoded with a different model (id {h.model_id.hex()}, this model "
-                f"{codec_model_id(model, self.profile).hex()}); pass the same --model used to encode")
-        if h.tile != model.unet_config.resolution:
-            raise ModelMismatchError(f"file uses {h.tile}px tiles, the model works on {model.unet_config.resolution}px")
         self.h = h
         T = model.diffusion.T
         if not (1 <= h.t_end < T and 1 <= h.n_steps <= T):
@@ -97,7 +91,7 @@ class _Chain:
         self.free = torch.nonzero(~mask.flatten()).squeeze(1)
         self.n_candidates = 2 ** (h.budget_bits + h.margin_bits)
         self.unet_seconds = 0.0
-        self.workers = torch.get_num_threads()  # parallel one-thread workers for tile groups and PFR segments
+        self.workers = workers
 
     def seed(self, k: int) -> int:
         return channel.mix_seed(self.h.seed, k, self.steps[k], self.steps[k + 1] if k + 1 < len(self.steps) else 0)
@@ -214,8 +208,7 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
     profile = profile_for(model)
     h = _header_for(model, profile, pixels, source_mode, settings)
     x0, mask = to_tiles(pixels, h.tile)
-    chain = _Chain(model, h, mask)
-    chain.workers = workers
+    chain = _Chain(model, h, mask, workers)
     steps = chain.steps
     height, width = pixels.shape[:2]
     x_t = chain.x_T()
