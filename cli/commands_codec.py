@@ -13,7 +13,7 @@ from cli.commands_bitsback import DEFAULT_STEPS as BITSBACK_STEPS, DEFAULT_T_END
 from cli.common import (check_output_folder, check_writable, input_file, input_path,
                         limits_option, load, model_options, parse_stop, quiet_option, read_input, resolve_device,
                         show_progress, write_atomic, write_png)
-from ddpmcodec.container.header import DEFAULTS
+from ddpmcodec.container.header import DEFAULTS, X0_LAYER_CHOICES
 from ddpmcodec.errors import InputError
 
 
@@ -26,7 +26,7 @@ def _bar(total: int, desc: str, enabled: bool):
 # Options of `encode` that only the progressive mode uses (bits-back refuses them when given).
 _PROGRESSIVE_ONLY = {"budget_bits": "--budget", "margin_bits": "--margin", "prior": "--prior", "windowed": "--windows",
                      "stop_at": "--stop-at", "target_bpp": "--target-bpp", "target_psnr": "--target-psnr",
-                     "verbose": "-v/--verbose"}
+                     "verbose": "-v/--verbose", "x0_layer": "--x0-layer"}
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -46,7 +46,11 @@ def _explicit(ctx: click.Context, name: str) -> bool:
                    f"[{DEFAULTS['n_steps']}; {BITSBACK_STEPS} with --mode bitsback].")
 @click.option("--t-end", type=click.IntRange(min=1), default=None,
               help=f"Last channel-simulated step; x_0 is then coded exactly from x_{{t_end}} "
-                   f"[{DEFAULTS['t_end']}; {BITSBACK_T_END} with --mode bitsback].")
+                   f"[the t_end of the model's learned x_0 layer (10 for the bundled model), else "
+                   f"{DEFAULTS['t_end']}; {BITSBACK_T_END} with --mode bitsback].")
+@click.option("--x0-layer", "x0_layer", type=click.Choice(X0_LAYER_CHOICES), default="auto", show_default=True,
+              help="Lossless end: the model's learned x_0 layer, the per-file fitted classic layer, or the shorter "
+                   "of the two (progressive only).")
 @click.option("--budget", "budget_bits", type=click.IntRange(1, 15), default=DEFAULTS["budget_bits"], show_default=True,
               help="Target KL per PFR chunk, bits (progressive only).")
 @click.option("--margin", "margin_bits", type=click.IntRange(0, 12), default=DEFAULTS["margin_bits"],
@@ -67,7 +71,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="Print the per-step table (progressive only).")
 @click.pass_context
 def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers, ray, ray_batch, mode, n_steps,
-           t_end, budget_bits, margin_bits, prior, seed, windowed, stop_at, target_bpp, target_psnr, quiet, verbose):
+           t_end, x0_layer, budget_bits, margin_bits, prior, seed, windowed, stop_at, target_bpp, target_psnr, quiet, verbose):
     """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3).
 
     Several inputs (image files, folders of images, datasets: .npz, CIFAR-10 archives such as
@@ -76,7 +80,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
 
     --mode bitsback codes the image losslessly with bits-back coding (100 steps down to t=1 by default); it takes
     --steps, --t-end and --seed, and refuses the progressive-only options (--budget, --margin, --prior,
-    --stop-at, --target-bpp, --target-psnr, -v).
+    --x0-layer, --stop-at, --target-bpp, --target-psnr, -v).
     """
     from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
     from ddpmcodec.codec.stop_points import fit_to_bpp
@@ -108,9 +112,9 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
 
             settings = BitsBackSettings(n_steps=n_steps or BITSBACK_STEPS, t_end=t_end or BITSBACK_T_END, seed=seed)
         else:
-            settings = CodecSettings(n_steps=n_steps or DEFAULTS["n_steps"], t_end=t_end or DEFAULTS["t_end"],
-                                     budget_bits=budget_bits, margin_bits=margin_bits, seed=seed, prior=prior,
-                                     windowed=windowed)
+            settings = CodecSettings(n_steps=n_steps or DEFAULTS["n_steps"], t_end=t_end, budget_bits=budget_bits,
+                                     margin_bits=margin_bits, seed=seed, prior=prior, windowed=windowed,
+                                     x0_layer=x0_layer)
         from ddpmcodec.batch import encode_many
 
         out_dir = batch_output(output)
@@ -124,9 +128,9 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
 
         return encode_bitsback(img, model, out, force, n_steps or BITSBACK_STEPS, quiet,
                                t_end=t_end or BITSBACK_T_END, seed=seed)
-    n_steps, t_end = n_steps or DEFAULTS["n_steps"], t_end or DEFAULTS["t_end"]
+    n_steps = n_steps or DEFAULTS["n_steps"]
     settings = CodecSettings(n_steps=n_steps, t_end=t_end, budget_bits=budget_bits, margin_bits=margin_bits,
-                             seed=seed, prior=prior, windowed=windowed)
+                             seed=seed, prior=prior, windowed=windowed, x0_layer=x0_layer)
     h, w = img.pixels.shape[:2]
     with _bar(n_steps, "encode", show_progress(quiet)) as bar:
         res = run_encode(img.pixels, model, settings, source_mode=img.source_mode, stop_at_t=stop_t or 0,

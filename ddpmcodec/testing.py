@@ -41,12 +41,36 @@ def random_unet(config: UNetConfig, seed: int = 0) -> UNet:
 
 
 def make_tiny_model(tmp_path: str | Path, resolution: int = 8, seed: int = 0,
-                    diffusion: DiffusionConfig = DiffusionConfig()) -> DiffusionModel:
-    """A tiny random model written to ``tmp_path/tiny-<seed>.safetensors`` and loaded back (real identity)."""
+                    diffusion: DiffusionConfig = DiffusionConfig(), x0_layer_t_end: int | None = None) -> DiffusionModel:
+    """A tiny random model written to ``tmp_path/tiny-<seed>.safetensors`` and loaded back (real identity); with
+    x0_layer_t_end, also a tiny random learned x_0 layer for that t_end beside it (loaded with the model)."""
     config = tiny_unet_config(resolution)
-    path = Path(tmp_path) / f"tiny-r{resolution}-s{seed}.safetensors"
-    save_model(path, random_unet(config, seed), config, diffusion, name=f"tiny-r{resolution}-s{seed}")
+    name = f"tiny-r{resolution}-s{seed}" + (f"-x{x0_layer_t_end}" if x0_layer_t_end else "")
+    path = Path(tmp_path) / f"{name}.safetensors"
+    save_model(path, random_unet(config, seed), config, diffusion, name=name)
+    if x0_layer_t_end:
+        write_tiny_x0_layer(path, load_model(path).identity, x0_layer_t_end, seed)
     return load_model(path)
+
+
+def tiny_x0_net(t_end: int, seed: int = 0):
+    """A small random learned x_0 layer (integer form); its untrained head predicts x^_0 with sigma ~3 levels."""
+    import torch
+
+    from ddpmcodec.entropy.x0net.integer import IntegerX0Net
+    from ddpmcodec.entropy.x0net.model import X0Net, X0NetConfig
+
+    torch.manual_seed(seed)
+    return IntegerX0Net.from_float(X0Net(X0NetConfig(t_end=t_end, per_stage=2, cond_width=8, cond_layers=1,
+                                                     layers=1)))
+
+
+def write_tiny_x0_layer(model_path: str | Path, model_identity: str, t_end: int, seed: int = 0) -> Path:
+    from ddpmcodec.entropy.x0net import store
+
+    path = store.sidecar_path(Path(model_path))
+    store.save(tiny_x0_net(t_end, seed), path, model_identity)
+    return path
 
 
 def smooth_image(h: int, w: int, seed: int = 0):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.progressive import CodecSettings, default_t_end, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.data import load_dev_set, load_images
 from ddpmcodec.network.model_io import load_model
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     images = load_images(args.images) if args.images else load_dev_set()
     images = images[args.offset: args.offset + args.limit]
     model = load_model(args.model, device=args.device)
-    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end, budget_bits=args.budget,
+    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
                              margin_bits=args.margin, prior=args.prior, seed=args.seed)
     r = bench(model, images, settings, target_bpp=args.target_bpp, decode_every=args.decode_every)
     r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(

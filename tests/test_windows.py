@@ -137,7 +137,7 @@ def test_flag_off_file_decodes_as_before(model, monkeypatch):
 
 
 def test_flag_bits_in_header():
-    assert container._F_RESERVED == 0x80
+    assert container._F_LEARNED_X0 == 0x80
     base = dict(mode=0, model_id=b"\1\2\3\4", width=16, height=8, source_mode=0, tile=8, n_steps=50, t_end=4,
                 steps_present=0, lossless=0, budget_bits=12, margin_bits=0, prior_kind=1, seed=0, pixel_crc=0,
                 payload_bytes=0)
@@ -145,7 +145,7 @@ def test_flag_bits_in_header():
         data = container.pack(container.Header(**base, windowed=flag), b"")
         assert container.unpack(data, b"\1\2\3\4", 8).header.windowed == flag
     bad = bytearray(container.pack(container.Header(**base), b""))
-    bad[2] |= 0x80
+    bad[2] |= 0x80  # the learned-layer flag on a lossy file
     with pytest.raises(Exception, match="unknown flags"):
         container.unpack(bytes(bad))
     with pytest.raises(Exception, match="unknown flags"):

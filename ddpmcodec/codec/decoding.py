@@ -15,13 +15,14 @@ from ddpmcodec.container import blocks
 from ddpmcodec.container import header as container
 from ddpmcodec.container.limits import DecodeLimits
 from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.entropy.x0net import coding as learned_x0
 from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.errors import DeterminismError, FormatError, InputError
-from ddpmcodec.images import tile_grid, tiles_to_uint8, to_tiles
+from ddpmcodec.images import from_tiles, tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.parallel import single_thread
 from ddpmcodec.network import windows
 from ddpmcodec.schedule.steps import profile_for
-from ddpmcodec.codec.progressive import _Chain, codec_model_id, pixel_check, truncated_size
+from ddpmcodec.codec.progressive import _Chain, codec_model_id, learned_layer_for, pixel_check, truncated_size
 
 
 def prefix_words(total: int, mark: int) -> int:
@@ -54,6 +55,8 @@ class StreamReader:
         last = len(self.chain.steps) - 1
         if h.steps_present > last or (h.lossless and h.steps_present != last):
             raise FormatError("corrupt header (step count does not match the schedule)")
+        if h.learned_x0 and learned_layer_for(model, h.t_end) is None:
+            raise FormatError(f"corrupt header (a learned x_0 layer for t_end {h.t_end}, which this model has not)")
         if h.steps_present == 0 and not h.lossless and h.payload_bytes:
             raise FormatError("corrupt header (a payload but no coded steps)")
         self.words = entropy.bytes_to_stack(self.parsed.payload, h.payload_bytes)
@@ -133,7 +136,11 @@ def _decode_steps(data: bytes, model, stop_at_t: int | None = None, stop_at_byte
         x_t = chain.advance(k, mu_p, var_p, chain.layout(k, q), torch.from_numpy(idx.astype(np.int64)))
     if not to_exact:
         return
-    pixels = pixelmodel.pop(coder, pixelmodel.mean_rows(x0_hat, h.height, h.width))
+    rows = pixelmodel.mean_rows(x0_hat, h.height, h.width)
+    if h.learned_x0:
+        pixels = learned_x0.pop(coder, learned_layer_for(model, h.t_end).net, rows, from_tiles(x_t, h.height, h.width))
+    else:
+        pixels = pixelmodel.pop(coder, rows)
     if pixel_check(pixels) != h.pixel_crc:
         raise DeterminismError("decoded pixels fail the checksum: this machine did not reproduce the encoder's "
                                "network outputs (different device, CPU kernels or torch build); lossy previews "

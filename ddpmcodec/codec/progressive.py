@@ -2,7 +2,8 @@
 
 Per coded step t -> s the sender transmits a sample of q(x_s | x_t, x_0) under the model's p(x_s | x_t) by PFR
 channel simulation (channel.py); x_T is free (shared seed); x_0 is coded exactly from x_{t_end} with rANS under a
-quantized discretized Gaussian around x^_0 with causal context (pixelmodel.py). Both sides run the same `_Chain`,
+quantized discretized Gaussian around x^_0 with causal context: the model's learned layer (entropy/x0net) when it has
+one for this t_end and it codes the image shorter, else the per-file fitted pixelmodel.py. Both sides run the same `_Chain`,
 so the decoder reproduces the encoder's x_t; a check of the pixels turns any mismatch into a clear error.
 """
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from ddpmcodec.channel import pfr as channel
 from ddpmcodec.container import header as container
 from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.entropy.x0net import coding as learned_x0
 from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.diffusion import Schedule, gaussian_kl, posterior_mean, predict_x0
 from ddpmcodec.errors import FormatError, InputError
-from ddpmcodec.images import psnr, tile_grid, tiles_to_uint8, to_tiles
+from ddpmcodec.images import from_tiles, psnr, tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.parallel import single_thread
 from ddpmcodec.network import windows
 from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
@@ -34,12 +36,14 @@ class CodecSettings:
     """Encoder choices; all of them travel in the header."""
 
     n_steps: int = container.DEFAULTS["n_steps"]  # equal-KL coded steps between T and t_end
-    t_end: int = container.DEFAULTS["t_end"]  # PFR runs down to x_{t_end}; x_0 is then coded directly
+    t_end: int | None = None  # PFR runs down to x_{t_end}; x_0 is then coded directly. None: the model's learned
+    # x_0 layer's t_end when it has one, else container.DEFAULTS["t_end"]
     budget_bits: int = container.DEFAULTS["budget_bits"]  # target KL per chunk
     margin_bits: int = container.DEFAULTS["margin_bits"]  # candidates per chunk = 2^(budget + margin)
     seed: int = container.DEFAULTS["seed"]
     prior: str = "calibrated"  # or "fixedlarge"
     windowed: bool | None = None  # network on overlapping blended windows (no tile seams); None: WINDOWED_DEFAULT
+    x0_layer: str = "auto"  # auto: the shorter of the model's learned layer (if any) and pixelmodel; learned; classic
 
 
 # Multi-tile images are encoded with windowed network evaluation (header flag 0x40) unless settings say otherwise;
@@ -67,7 +71,19 @@ class EncodeResult:
 
 def codec_model_id(model, profile: Profile) -> bytes:
     """Short identity (container.MODEL_ID_BYTES) of what the decoder must share: weights, configs, rate profile."""
-    return hashlib.sha256(f"{model.identity}:{profile.digest()}".encode()).digest()[:container.MODEL_ID_BYTES]
+    layer = f":{model.x0_layer.identity}" if getattr(model, "x0_layer", None) is not None else ""
+    return hashlib.sha256(f"{model.identity}:{profile.digest()}{layer}".encode()).digest()[:container.MODEL_ID_BYTES]
+
+
+def learned_layer_for(model, t_end: int):
+    """The model's learned x_0 layer if it was trained for this t_end, else None."""
+    layer = getattr(model, "x0_layer", None)
+    return layer if layer is not None and layer.t_end == t_end else None
+
+
+def default_t_end(model) -> int:
+    layer = getattr(model, "x0_layer", None)
+    return layer.t_end if layer is not None else container.DEFAULTS["t_end"]
 
 
 class _Chain:
@@ -167,7 +183,12 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> contai
     if s.prior not in container.PRIOR_KINDS:
         raise InputError(f"unknown prior {s.prior!r}; choose from {container.PRIOR_KINDS}")
     T = model.diffusion.T
-    if not 1 <= s.t_end < T:
+    t_end = default_t_end(model) if s.t_end is None else s.t_end
+    if s.x0_layer not in container.X0_LAYER_CHOICES:
+        raise InputError(f"unknown x_0 layer {s.x0_layer!r}; choose from {container.X0_LAYER_CHOICES}")
+    if s.x0_layer == "learned" and learned_layer_for(model, t_end) is None:
+        raise InputError(f"this model has no learned x_0 layer for t_end {t_end}")
+    if not 1 <= t_end < T:
         raise InputError(f"t_end must be in 1..{T - 1}")
     if not (1 <= s.budget_bits <= 15 and 0 <= s.margin_bits <= 12 and s.budget_bits + s.margin_bits <= 20):
         raise InputError("chunk budget must be 1..15 bits, margin 0..12, budget + margin <= 20")
@@ -179,7 +200,7 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> contai
     return container.Header(
         mode=container.MODE_PROGRESSIVE, model_id=codec_model_id(model, profile), width=w, height=h,
         source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
-        n_steps=int(s.n_steps), t_end=int(s.t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
+        n_steps=int(s.n_steps), t_end=int(t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
         pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile))
 
@@ -248,10 +269,8 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
         eps = chain.eps(x_t, steps[-1])
         x0_hat = chain.x0_hat(x_t, steps[-1], eps)
         stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
-        rows = pixelmodel.mean_rows(x0_hat, height, width)
-        params = pixelmodel.fit(pixels, rows)
-        pixelmodel.push(coder, pixels, rows, params)
-        stats.append(StepStat(t=0, ideal_bits=pixelmodel.code_length_bits(pixels, rows, params), psnr=float("inf")))
+        h.learned_x0, x0_bits = _push_x0_layer(coder, model, h, settings.x0_layer, pixels, x0_hat, x_t)
+        stats.append(StepStat(t=0, ideal_bits=x0_bits, psnr=float("inf")))
     marks = chain.push_steps(coder, symbols)
     payload = entropy.stack_to_bytes(coder.get_compressed())
     h.steps_present, h.lossless, h.payload_bytes = len(symbols), int(lossless), len(payload)
@@ -262,6 +281,25 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
     if lossless:
         stats[-1].bytes_if_stopped, stats[-1].stream_bits = len(data), marks[0]
     return EncodeResult(data, h, stats, time.perf_counter() - start, chain.unet_seconds)
+
+
+def _push_x0_layer(coder, model, h: container.Header, choice: str, pixels: np.ndarray, x0_hat: torch.Tensor,
+                   x_t: torch.Tensor) -> tuple[int, float]:
+    """Push x_0 given x_{t_end} with the learned layer or pixelmodel (choice: container.X0_LAYER_CHOICES; auto takes the
+    shorter). Returns (learned?, ideal bits)."""
+    rows = pixelmodel.mean_rows(x0_hat, h.height, h.width)
+    layer = learned_layer_for(model, h.t_end) if choice != "classic" else None
+    if layer is not None:
+        x_t_image = from_tiles(x_t, h.height, h.width)
+        learned_bits = learned_x0.code_length_bits(layer.net, pixels, rows, x_t_image)
+    if choice != "learned":
+        params = pixelmodel.fit(pixels, rows)
+        classic_bits = pixelmodel.code_length_bits(pixels, rows, params)
+        if layer is None or classic_bits < learned_bits:
+            pixelmodel.push(coder, pixels, rows, params)
+            return 0, classic_bits
+    learned_x0.push(coder, layer.net, pixels, rows, x_t_image)
+    return 1, learned_bits
 
 
 def truncated_file(chain: _Chain, symbols: list[tuple[int, np.ndarray, int]]) -> bytes:

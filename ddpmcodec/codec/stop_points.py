@@ -113,7 +113,8 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
              (f"model id     {h.model_id.hex()}" if parsed.verified else f"model tag    {h.model_id[0]:02x}"),
              f"schedule     {h.n_steps} equal-KL steps down to t={h.t_end}, prior {container.PRIOR_KINDS[h.prior_kind]}",
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
-             f"content      {h.steps_present} coded steps{' + exact x_0 layer (lossless)' if h.lossless else ''}",
+             f"content      {h.steps_present} coded steps"
+             f"{(' + exact x_0 layer (lossless, ' + ('learned' if h.learned_x0 else 'classic') + ')') if h.lossless else ''}",
              f"size         {parsed.header_bytes + len(parsed.payload)} bytes (header {parsed.header_bytes}), "
              f"{8 * (parsed.header_bytes + len(parsed.payload)) / (h.width * h.height):.3f} bpp"]
     if table:

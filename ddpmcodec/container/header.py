@@ -1,7 +1,7 @@
-"""The .ddpm container (format version 3): a compact header followed by the payload (rANS stack words, top first;
+"""The .ddpm container (format version 4): a compact header followed by the payload (rANS stack words, top first;
 a progressive file's top word is trimmed to its significant bytes, see entropy.rans.stack_to_bytes).
 
-Layout: format byte 0xD3 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | file check
+Layout: format byte 0xD4 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | file check
 (2 bytes) | stored payload (the payload with block checks, see blocks.py).
 
 The model tag is the first byte of the 4-byte codec identity (weights, configs, rate profile); the whole identity
@@ -13,7 +13,8 @@ shorter than its header says that holds no complete checked block cannot be veri
 damaged length never passes as a partial file. Settings that equal DEFAULTS are omitted, and an image of exactly one
 tile stores no size, so a default lossy 32x32 file spends 7 bytes on its header (8 with a payload over 127 bytes);
 see `test_container.py`.
-Version-2 files (ddpmcodec 0.1) are refused with a message that says so.
+Version-2 and version-3 files (ddpmcodec 0.1 and 0.2) are refused with a message that says so. Version 4 added the
+learned x_0 layer (flag 0x80) and moved the default t_end from 4 to 10.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from ddpmcodec.container import blocks
 from ddpmcodec.errors import FormatError, ModelMismatchError
 
-FORMAT_BYTE = 0xD3  # high nibble: .ddpm marker, low nibble: format version
+FORMAT_BYTE = 0xD4  # high nibble: .ddpm marker, low nibble: format version
 VERSION = FORMAT_BYTE & 0x0F
 LEGACY_MAGIC = b"DDP"  # versions 1-2 started with b"DDP" + a version byte
 MODEL_ID_BYTES = 4
@@ -32,10 +33,12 @@ MODE_PROGRESSIVE = 0
 MODE_BITSBACK = 1
 PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
-DEFAULTS = {"n_steps": 50, "t_end": 4, "budget_bits": 12, "margin_bits": 0, "seed": 0}
+DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 12, "margin_bits": 0, "seed": 0}
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _F_WINDOWED = 0x40  # progressive only: the network ran on overlapping blended windows (ddpmcodec.network.windows)
-_F_RESERVED = 0x80
+_F_LEARNED_X0 = 0x80  # lossless progressive only: x_0 coded by the model's learned layer (entropy.x0net)
+X0_LAYER_CHOICES = ("auto", "learned", "classic")  # encoder choice of the lossless end (codec.progressive)
+RELEASES = {1: "0.1", 2: "0.1", 3: "0.2"}  # older format versions and the ddpmcodec release that wrote them
 MAX_VARINT_BYTES = 10
 
 
@@ -84,6 +87,7 @@ class Header:
     pixel_crc: int  # low 16 bits of the CRC-32 of the original pixels (stored only when lossless)
     payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
     windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
+    learned_x0: int = 0  # 1: x_0 coded by the model's learned layer (entropy.x0net), else by entropy.pixelmodel
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -97,7 +101,7 @@ class Header:
         one_tile = self.width == self.height == self.tile
         flags = (_F_BITSBACK * self.mode | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
                  | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile
-                 | _F_WINDOWED * bool(self.windowed))
+                 | _F_WINDOWED * bool(self.windowed) | _F_LEARNED_X0 * bool(self.learned_x0 and self.lossless))
         out = io.BytesIO()
         out.write(bytes([FORMAT_BYTE, self.model_id[0], flags]))
         for v in ([] if one_tile else [self.width - 1, self.height - 1]) + [self.steps_present, self.payload_bytes]:
@@ -115,7 +119,7 @@ class Header:
         if len(head) != 3:
             raise FormatError("truncated header")
         tag, flags = head[1], head[2]
-        if flags & _F_RESERVED:
+        if flags & _F_LEARNED_X0 and not flags & _F_LOSSLESS:
             raise FormatError("corrupt header (unknown flags)")
         one_tile = bool(flags & _F_ONE_TILE)
         if one_tile:
@@ -137,7 +141,8 @@ class Header:
         return cls(mode=int(bool(flags & _F_BITSBACK)), model_id=ident, width=w, height=h,
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
-                   pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)), **settings)
+                   pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)),
+                   learned_x0=int(bool(flags & _F_LEARNED_X0)), **settings)
 
 
 def _crc_header(model_id: bytes, body: bytes) -> int:
@@ -178,11 +183,13 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
     """
     if not data or data[0] != FORMAT_BYTE:
         old = legacy_version(data)
+        if old is None and data and data[0] >> 4 == FORMAT_BYTE >> 4:
+            old = data[0] & 15
+        if old in RELEASES:
+            raise FormatError(f"this is a version-{old} .ddpm file (written by ddpmcodec {RELEASES[old]}); this build "
+                              f"reads version {VERSION}: decode it with ddpmcodec {RELEASES[old]} and re-encode")
         if old is not None:
-            raise FormatError(f"this is a version-{old} .ddpm file (written by ddpmcodec 0.1); this build reads "
-                              f"version {VERSION}: decode it with ddpmcodec 0.1 and re-encode")
-        if data and data[0] >> 4 == FORMAT_BYTE >> 4:
-            raise FormatError(f"unsupported .ddpm format version {data[0] & 15} (this build reads version {VERSION})")
+            raise FormatError(f"unsupported .ddpm format version {old} (this build reads version {VERSION})")
         raise FormatError("not a .ddpm file (bad format byte)")
     buf = io.BytesIO(data)
     header = Header.unpack_body(buf, model_id, tile)
@@ -224,7 +231,7 @@ def _validate(h: Header) -> None:
          "channel settings out of range"),
         (1 <= h.n_steps <= 1 << 16 and 1 <= h.t_end < 1 << 16 and h.steps_present < 1 << 16, "implausible schedule"),
         (h.payload_bytes < 1 << 40 and h.seed < 1 << 32, "implausible sizes"),
-        (not (h.windowed and h.mode == MODE_BITSBACK), "unknown flags"),
+        (not ((h.windowed or h.learned_x0) and h.mode == MODE_BITSBACK), "unknown flags"),
     ]
     for ok, msg in checks:
         if not ok:

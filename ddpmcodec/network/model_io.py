@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ddpmcodec.diffusion import DiffusionConfig, net_timestep
+from ddpmcodec.entropy.x0net import store as x0_store
+from ddpmcodec.entropy.x0net.store import X0Layer
 from ddpmcodec.errors import InputError, one_line
 from ddpmcodec.parallel import map_one_thread_each
 from ddpmcodec.network.unet import UNet, UNetConfig
@@ -48,6 +50,7 @@ class DiffusionModel:
     identity: str
     metadata: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    x0_layer: X0Layer | None = None  # learned x_0 layer trained for this model (its sidecar file), if any
 
     def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Predicted noise (B, C, H, W) float32 for x_t (B, C, H, W) at 1-based t (int or (B,) tensor)."""
@@ -174,7 +177,20 @@ def load_model(
         raise InputError(f"{path.name}: content hash {identity} does not match the stored {stored}; file is corrupt")
     dev = torch.device(device)
     net.requires_grad_(False).to(dev).eval()
-    return DiffusionModel(net, cfg, src["diffusion"], src["name"], identity, src["metadata"], dev)
+    return DiffusionModel(net, cfg, src["diffusion"], src["name"], identity, src["metadata"], dev,
+                          _sidecar_layer(path, identity))
+
+
+def _sidecar_layer(model_path: Path, identity: str) -> X0Layer | None:
+    """The learned x_0 layer beside the model file (x0net.store.sidecar_path), checked to belong to this model."""
+    path = x0_store.sidecar_path(model_path)
+    if not path.is_file():
+        return None
+    layer = x0_store.load(path)
+    if layer.model_identity != identity:
+        raise InputError(f"{path.name} is an x_0 layer for model {layer.model_identity or '(unknown)'}, not for "
+                         f"{model_path.name} ({identity}); remove it or retrain it for this model")
+    return layer
 
 
 def _json_field(header: dict, key: str, path: Path):

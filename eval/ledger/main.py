@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmcodec.codec.progressive import CodecSettings
+from ddpmcodec.codec.progressive import CodecSettings, default_t_end
 from ddpmcodec.container import header as container
 from ddpmcodec.errors import CodecError, InputError
 from eval.report.cache import Cache, image_digest
@@ -59,12 +59,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     if len(images) == 0:
         raise InputError("no images selected (check --offset / --limit)")
     model = load_model(args.model, device=args.device)
-    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end, budget_bits=args.budget,
+    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
                              margin_bits=args.margin, seed=args.seed, prior=args.prior)
     cache = Cache(args.cache)
     per_image = []
     for i, im in enumerate(images):
-        key = {"model": model.identity, "settings": asdict(settings), "image": image_digest(im[None]),
+        key = {"model": model.identity, "x0_layer": model.x0_layer and model.x0_layer.identity, "settings": asdict(settings), "image": image_digest(im[None]),
                "index": args.offset + i, "t_samples": args.t_samples, "mc_seed": args.mc_seed,
                "format": container.VERSION, "ledger": LEDGER_VERSION, "verify": args.verify}
         rec = cache.get_json("ledger", key)

@@ -7,13 +7,14 @@ import numpy as np
 import torch
 
 from ddpmcodec.bound import model_eps_fn, pair_noise, pair_terms, prior_term_bits, term_tables
-from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.progressive import CodecSettings, encode, learned_layer_for
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.container import header as container
 from ddpmcodec.diffusion import LOG2, Schedule, gaussian_kl, predict_x0, q_sample_batched
 from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.entropy.x0net import coding as learned_x0
 from ddpmcodec.errors import InputError
-from ddpmcodec.images import to_tiles
+from ddpmcodec.images import from_tiles, to_tiles
 from ddpmcodec.schedule.steps import equal_kl_schedule, profile_for
 
 
@@ -129,8 +130,13 @@ def schedule_nelbo(model, pixels: np.ndarray, steps: list[int], prior: str, *, s
         mu_p = c0 * x0_hat[sl] + ct * xt[sl]
         kls.append(float(gaussian_kl(mu_q.flatten()[real], var_q, mu_p.flatten()[real], var_p).sum()) / LOG2)
     h, w, _ = pixels.shape
-    rows = pixelmodel.mean_rows(x0_hat[(len(steps) - 1) * n_tiles:].float(), h, w)
+    last = slice((len(steps) - 1) * n_tiles, None)
+    rows = pixelmodel.mean_rows(x0_hat[last].float(), h, w)
     x0_layer = float(pixelmodel.code_length_bits(pixels, rows, pixelmodel.fit(pixels, rows)))
+    layer = learned_layer_for(model, steps[-1])
+    if layer is not None:  # the encoder's auto choice: the shorter of the two layers
+        x_t_image = from_tiles(xt[last].float(), h, w)
+        x0_layer = min(x0_layer, learned_x0.code_length_bits(layer.net, pixels, rows, x_t_image))
     mean_T = sched.sqrt_alpha_bar[sched.T] * x0.flatten()[real]
     prior_bits = float(gaussian_kl(mean_T, 1.0 - sched.alpha_bar[sched.T], torch.zeros_like(mean_T), 1.0).sum()) / LOG2
     cum = prior_bits + np.concatenate([[0.0], np.cumsum(kls)])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.codec.progressive import CodecSettings
+from ddpmcodec.codec.progressive import CodecSettings, default_t_end
 from ddpmcodec.errors import InputError
 from eval.report import classic
 from eval.report import model as rm
@@ -89,7 +89,7 @@ def run(args, command: str) -> dict:
     src = "CIFAR-10 dev test set" if args.images is None else str(args.images)
     images_desc = f"{src}, images {args.offset}..{args.offset + len(images) - 1}"
     cache = Cache(args.cache, enabled=not args.no_cache)
-    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end, budget_bits=args.budget,
+    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
                              margin_bits=args.margin, seed=args.seed, prior=args.prior)
     stage = {}
     s = {"model": model.name, "model_identity": model.identity, "images_desc": images_desc, "offset": args.offset,

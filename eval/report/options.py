@@ -50,7 +50,7 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--strip-t",), dict(default="1000,600,400,250,150,100,60,30,15,4", show_default=True,
                           help="t values shown in the strip (nearest coded steps), comma-separated.")),
     (("--steps",), dict(type=_P, default=DEFAULTS["n_steps"], show_default=True, help="Coded steps.")),
-    (("--t-end",), dict(type=_P, default=DEFAULTS["t_end"], show_default=True, help="Last channel-simulated t.")),
+    (("--t-end",), dict(type=_P, default=None, help="Last channel-simulated t [the t_end of the model's learned x_0 layer, else 10].")),
     (("--budget",), dict(type=_P, default=DEFAULTS["budget_bits"], show_default=True,
                          help="PFR chunk budget, bits.")),
     (("--margin",), dict(type=_N, default=DEFAULTS["margin_bits"], show_default=True,

@@ -1,0 +1,84 @@
+"""The learned x_0 layer on the rANS stack: stage by stage, each stage one vector of sub-pixels under discretized
+Gaussians (entropy.rans.pixel_probs) whose integer means and scale indices come from the integer network.
+
+Inputs, both sides: the image's base mean rows of x^_0 (pixelmodel.mean_rows, (H, W, 3) int64) and x_{t_end}
+as an (H, W, 3) float tensor (images.from_tiles of the chain's tiles). Odd sizes are padded to even with zeros;
+padding is never coded. No parameters are sent: the weights are part of the model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ddpmcodec.entropy import rans as entropy
+from ddpmcodec.entropy.pixelmodel import residual8
+from ddpmcodec.entropy.x0net import layout
+from ddpmcodec.entropy.x0net.integer import IntegerX0Net, coder_params
+
+
+class _Planes:
+    """Stage-layout integer planes of one image: cond (1, 24, h, w), rows (STAGES, h, w), real-pixel mask."""
+
+    def __init__(self, rows: np.ndarray, x_t_image: torch.Tensor):
+        height, width, _ = rows.shape
+        if tuple(x_t_image.shape) != (height, width, 3):
+            raise ValueError("x_t and mean rows differ in shape")
+        self.shape = (height, width)
+        even = lambda p: layout.pad_even(p)  # noqa: E731
+        self.cond = torch.cat([layout.to_stages(even(layout.x_t_input(x_t_image))),
+                               layout.to_stages(even(layout.rows_input(rows)))], 0)[None]
+        self.rows = layout.to_stages(even(torch.as_tensor(rows, dtype=torch.int64).permute(2, 0, 1)))
+        self.real = layout.to_stages(even(torch.ones((3, height, width), dtype=torch.int64))).bool()
+
+    def stage_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (STAGES, h, w) int64 (padding 0)."""
+        return layout.to_stages(layout.pad_even(torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1)))
+
+    def residual_inputs(self, pixels: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        r8 = torch.from_numpy(residual8(pixels, rows)).permute(2, 0, 1)
+        return layout.to_stages(layout.pad_even(r8 << layout.RESIDUAL_SHIFT))[None]
+
+
+def stage_params(net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor):
+    """Encoder side: every stage's coder parameters in one pass. Returns planes, pixels, mean rows, sigma indices
+    (each (STAGES, h, w) int64)."""
+    planes = _Planes(rows, x_t_image)
+    mean_out, scale_out = net.heads(net.trunk(planes.cond), planes.residual_inputs(pixels, rows))
+    mean_rows, sigma_index = coder_params(mean_out[0], scale_out[0], planes.rows)
+    return planes, planes.stage_pixels(pixels), mean_rows, sigma_index
+
+
+def code_length_bits(net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor) -> float:
+    """Ideal code length of the layer in bits (no parameters are sent)."""
+    planes, values, mean_rows, sigma_index = stage_params(net, pixels, rows, x_t_image)
+    real = planes.real
+    return entropy.pixel_bits(values[real].numpy(), mean_rows[real].numpy(), sigma_index[real].numpy())
+
+
+def push(coder, net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor) -> None:
+    """Push the layer so that pop() returns it: stage 0 ends on top."""
+    planes, values, mean_rows, sigma_index = stage_params(net, pixels, rows, x_t_image)
+    for k in reversed(range(layout.STAGES)):
+        real = planes.real[k]
+        coder.encode_reverse(values[k][real].numpy().astype(np.int32), entropy._MODELS.Categorical(perfect=False),
+                             entropy.pixel_probs(mean_rows[k][real].numpy(), sigma_index[k][real].numpy()))
+
+
+def pop(coder, net: IntegerX0Net, rows: np.ndarray, x_t_image: torch.Tensor) -> np.ndarray:
+    """Inverse of push(): (H, W, 3) uint8 pixels, given the same mean rows and x_t."""
+    planes = _Planes(rows, x_t_image)
+    trunk = net.trunk(planes.cond)
+    residuals = torch.zeros((1, layout.STAGES) + tuple(planes.rows.shape[1:]), dtype=torch.int64)
+    values = torch.zeros_like(planes.rows)
+    state: dict = {}
+    for k in range(layout.STAGES):
+        mean_out, scale_out = net.stage_outputs(trunk, residuals, state, k)
+        mean_rows, sigma_index = coder_params(mean_out[0], scale_out[0], planes.rows[k])
+        real = planes.real[k]
+        got = coder.decode(entropy._MODELS.Categorical(perfect=False),
+                           entropy.pixel_probs(mean_rows[real].numpy(), sigma_index[real].numpy()))
+        values[k][real] = torch.from_numpy(got.astype(np.int64))
+        r8 = torch.where(real, 8 * values[k] - planes.rows[k] + 4, torch.zeros_like(values[k]))
+        residuals[0, k] = r8 << layout.RESIDUAL_SHIFT
+    height, width = planes.shape
+    return layout.from_stages(values)[:, :height, :width].permute(1, 2, 0).numpy().astype(np.uint8)

@@ -1,0 +1,93 @@
+"""Train the learned x_0 layer for a diffusion model on lossless training images, quantize it and save it.
+
+    python -m eval.train_x0_layer --t-end 10 --seconds 1200 --out ddpmcodec/models/ddpm-cifar10-ch64.x0.safetensors
+
+Features: for every training original, `--draws` independent x_t ~ q(x_t | x_0) at t_end (seeded) and the model's
+clipped x^_0 there, cached as .npz under --cache. The first --train images train, the rest are held out: the summary
+reports the float and the integer network's bits/dim on them. Dev images are never used here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmcodec.data import TRAIN_LOSSLESS_FILE, shared_data_file
+from ddpmcodec.diffusion import Schedule, predict_x0, q_sample
+from ddpmcodec.entropy import rans as entropy
+from ddpmcodec.entropy.x0net import integer, store
+from ddpmcodec.entropy.x0net.model import X0Net, X0NetConfig
+from ddpmcodec.entropy.x0net.training import evaluate_float, train
+from ddpmcodec.network.model_io import load_model
+
+def make_features(model, images: np.ndarray, t: int, seed: int, batch: int = 64) -> dict[str, np.ndarray]:
+    """x_t (N, 3, H, W) float32, mean rows of x^_0 (N, 3, H, W) int64, pixels (N, 3, H, W) uint8."""
+    sched = Schedule(model.diffusion)
+    gen = torch.Generator().manual_seed(seed)
+    xts, rows = [], []
+    for b in range(0, len(images), batch):
+        x0 = torch.as_tensor(images[b:b + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        xt = q_sample(sched, x0, t, torch.randn(x0.shape, generator=gen))
+        x0h = predict_x0(sched, xt, model.eps(xt, t), t).clamp(-1, 1)
+        xts.append(xt.numpy())
+        rows.append(entropy.quantize_pixel_means((x0h.double().numpy() + 1.0) * 127.5))
+    return {"x_t": np.concatenate(xts), "rows": np.concatenate(rows),
+            "pixels": np.ascontiguousarray(images.transpose(0, 3, 1, 2))}
+
+
+def load_features(model, images, t: int, draws: int, cache: Path) -> dict[str, torch.Tensor]:
+    parts = []
+    for d in range(draws):
+        path = cache / f"x0feat_{model.identity[:12]}_t{t}_d{d}_n{len(images)}.npz"
+        if not path.exists():
+            start = time.perf_counter()
+            np.savez(path, **make_features(model, images, t, seed=1000 * t + d))
+            print(f"features draw {d}: {time.perf_counter() - start:.0f} s", flush=True)
+        parts.append(dict(np.load(path)))
+    return {k: torch.from_numpy(np.stack([p[k] for p in parts], 1)) for k in parts[0]}  # (N, draws, ...)
+
+
+def flatten(data: dict[str, torch.Tensor], sel: slice) -> dict[str, torch.Tensor]:
+    return {k: v[sel].flatten(0, 1) for k, v in data.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--t-end", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=1200.0)
+    ap.add_argument("--draws", type=int, default=1)
+    ap.add_argument("--train", type=int, default=4500, help="first N originals train, the rest are held out")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--per-stage", type=int, default=12)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp"))
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    images = np.load(shared_data_file(TRAIN_LOSSLESS_FILE))["images"]
+    with torch.no_grad():
+        data = load_features(model, images, args.t_end, args.draws, args.cache)
+    tr, held = flatten(data, slice(0, args.train)), flatten(data, slice(args.train, None))
+    torch.manual_seed(0)
+    cfg = X0NetConfig(t_end=args.t_end, per_stage=args.per_stage, layers=args.layers)
+    net = X0Net(cfg)
+    summary = train(net, tr, args.seconds)
+    summary["held_out_float"] = evaluate_float(net, held)
+    qnet = integer.IntegerX0Net.from_float(net)
+    summary["held_out_integer"] = integer.evaluate(qnet, held)
+    summary.update(t_end=args.t_end, draws=args.draws, train_images=args.train, held_out=len(images) - args.train,
+                   params=sum(p.numel() for p in net.parameters()), seconds=args.seconds, threads=args.threads)
+    store.save(qnet, args.out, model_identity=model.identity, summary=summary)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
