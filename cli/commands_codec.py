@@ -71,7 +71,8 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="Print the per-step table (progressive only).")
 @click.pass_context
 def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers, ray, ray_batch, mode, n_steps,
-           t_end, x0_layer, budget_bits, margin_bits, prior, seed, windowed, stop_at, target_bpp, target_psnr, quiet, verbose):
+           t_end, x0_layer, budget_bits, margin_bits, prior, seed, windowed, stop_at, target_bpp, target_psnr, quiet,
+           verbose):
     """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3).
 
     Several inputs (image files, folders of images, datasets: .npz, CIFAR-10 archives such as

@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--per-stage", type=int, default=12)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--cache", type=Path, default=Path("/tmp"))
+    ap.add_argument("--init", type=Path, default=None, help="start from a saved layer (same config), e.g. to train on")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,6 +79,11 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = X0NetConfig(t_end=args.t_end, per_stage=args.per_stage, layers=args.layers)
     net = X0Net(cfg)
+    if args.init is not None:
+        start = store.load(args.init)
+        if start.net.cfg != cfg:
+            raise SystemExit(f"--init {args.init}: config {start.net.cfg} differs from {cfg}")
+        integer.load_into_float(start.net, net)
     summary = train(net, tr, args.seconds)
     summary["held_out_float"] = evaluate_float(net, held)
     qnet = integer.IntegerX0Net.from_float(net)

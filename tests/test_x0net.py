@@ -174,3 +174,12 @@ def test_learned_flag_needs_lossless_and_the_layer(layered, tmp_path):
         container.unpack(bytes(body))
     other_t = encode(img, layered, CodecSettings(**{**FAST.__dict__, "t_end": 2}))
     assert other_t.header.learned_x0 == 0  # the layer is for t_end 3 only
+
+
+def test_coding_in_several_coder_calls_per_stage(monkeypatch):
+    monkeypatch.setattr(coding, "SYMBOLS_PER_CALL", 7)  # large images: bounded probability tables
+    net = _random_net(seed=4)
+    pixels, rows, x_t = _image_inputs(13, 11, seed=4)
+    enc = entropy.new_coder()
+    coding.push(enc, net, pixels, rows, x_t)
+    np.testing.assert_array_equal(coding.pop(entropy.new_coder(enc.get_compressed()), net, rows, x_t), pixels)

@@ -2,9 +2,9 @@
 
 Per coded step t -> s the sender transmits a sample of q(x_s | x_t, x_0) under the model's p(x_s | x_t) by PFR
 channel simulation (channel.py); x_T is free (shared seed); x_0 is coded exactly from x_{t_end} with rANS under a
-quantized discretized Gaussian around x^_0 with causal context: the model's learned layer (entropy/x0net) when it has
-one for this t_end and it codes the image shorter, else the per-file fitted pixelmodel.py. Both sides run the same `_Chain`,
-so the decoder reproduces the encoder's x_t; a check of the pixels turns any mismatch into a clear error.
+quantized discretized Gaussian around x^_0 with causal context: the model's learned layer (entropy/x0net) when it
+has one for this t_end and it codes the image shorter, else the per-file fitted pixelmodel.py. Both sides run the
+same `_Chain`, so the decoder reproduces the encoder's x_t; a check of the pixels turns any mismatch into a clear error.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ddpmcodec.atomic_write import atomic_write
 
-CACHE_VERSION = 2  # bump when a cached computation changes meaning (2: format v4, learned x_0 layer)
+CACHE_VERSION = 1  # bump when a cached computation changes meaning
 
 
 def image_digest(images: np.ndarray) -> str:

@@ -15,6 +15,8 @@ from ddpmcodec.entropy.pixelmodel import residual8
 from ddpmcodec.entropy.x0net import layout
 from ddpmcodec.entropy.x0net.integer import IntegerX0Net, coder_params
 
+SYMBOLS_PER_CALL = 1 << 14  # sub-pixels per coder call: bounds the (n, 256) probability tables (32 MiB)
+
 
 class _Planes:
     """Stage-layout integer planes of one image: cond (1, 24, h, w), rows (STAGES, h, w), real-pixel mask."""
@@ -60,8 +62,11 @@ def push(coder, net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_ima
     planes, values, mean_rows, sigma_index = stage_params(net, pixels, rows, x_t_image)
     for k in reversed(range(layout.STAGES)):
         real = planes.real[k]
-        coder.encode_reverse(values[k][real].numpy().astype(np.int32), entropy._MODELS.Categorical(perfect=False),
-                             entropy.pixel_probs(mean_rows[k][real].numpy(), sigma_index[k][real].numpy()))
+        vals, means, scales = values[k][real].numpy(), mean_rows[k][real].numpy(), sigma_index[k][real].numpy()
+        for a in reversed(range(0, len(vals), SYMBOLS_PER_CALL)):
+            b = a + SYMBOLS_PER_CALL
+            coder.encode_reverse(vals[a:b].astype(np.int32), entropy._MODELS.Categorical(perfect=False),
+                                 entropy.pixel_probs(means[a:b], scales[a:b]))
 
 
 def pop(coder, net: IntegerX0Net, rows: np.ndarray, x_t_image: torch.Tensor) -> np.ndarray:
@@ -75,9 +80,12 @@ def pop(coder, net: IntegerX0Net, rows: np.ndarray, x_t_image: torch.Tensor) -> 
         mean_out, scale_out = net.stage_outputs(trunk, residuals, state, k)
         mean_rows, sigma_index = coder_params(mean_out[0], scale_out[0], planes.rows[k])
         real = planes.real[k]
-        got = coder.decode(entropy._MODELS.Categorical(perfect=False),
-                           entropy.pixel_probs(mean_rows[real].numpy(), sigma_index[real].numpy()))
-        values[k][real] = torch.from_numpy(got.astype(np.int64))
+        means, scales = mean_rows[real].numpy(), sigma_index[real].numpy()
+        got = [coder.decode(entropy._MODELS.Categorical(perfect=False),
+                            entropy.pixel_probs(means[a:a + SYMBOLS_PER_CALL], scales[a:a + SYMBOLS_PER_CALL]))
+               for a in range(0, len(means), SYMBOLS_PER_CALL)]
+        if got:  # tiny images leave some stages empty
+            values[k][real] = torch.from_numpy(np.concatenate(got).astype(np.int64))
         r8 = torch.where(real, 8 * values[k] - planes.rows[k] + 4, torch.zeros_like(values[k]))
         residuals[0, k] = r8 << layout.RESIDUAL_SHIFT
     height, width = planes.shape

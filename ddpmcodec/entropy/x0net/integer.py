@@ -8,7 +8,6 @@ and the residual sums are integer operations. Encoder and decoder therefore comp
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -106,10 +105,20 @@ class IntegerX0Net:
         hidden[0].append(torch.relu(_requantize(acc)))
         for i in range(self.cfg.layers):
             prev = torch.cat(hidden[i], 1)
-            new = hidden[i][k] + torch.relu(_requantize(self._conv(f"hidden{i}", prev, grp, upto) + proj[i + 1][:, grp]))
+            acc = self._conv(f"hidden{i}", prev, grp, upto) + proj[i + 1][:, grp]
+            new = hidden[i][k] + torch.relu(_requantize(acc))
             hidden[i + 1].append(new.clamp(-ACT_LIMIT, ACT_LIMIT))
         out = self._conv("head", torch.cat(hidden[-1], 1), [k, layout.STAGES + k], upto) >> _SHIFT
         return out[:, 0], out[:, 1]
+
+
+def load_into_float(qnet: IntegerX0Net, net: X0Net) -> None:
+    """Set a float module's weights to the values of an integer network (exact dequantization), e.g. to train on."""
+    with torch.no_grad():
+        for name in conv_names(qnet.cfg):
+            w, b = qnet.weights[name]
+            net.convs[name].weight.copy_(w.double() / (1 << WEIGHT_BITS))
+            net.convs[name].bias.copy_(b.double() / (1 << (WEIGHT_BITS + layout.ACT_BITS)))
 
 
 def exact_conv(x: torch.Tensor, mat: torch.Tensor, k: int, max_cells: int = 1 << 22) -> torch.Tensor:

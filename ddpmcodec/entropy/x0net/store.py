@@ -59,7 +59,10 @@ def save(net: IntegerX0Net, path: Path, model_identity: str, summary: dict | Non
     meta = {"format": FORMAT_TAG, "config": net.cfg.to_json(), "model_identity": model_identity,
             "identity": layer_identity(net), "summary": json.dumps(summary or {}, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # safetensors creates 0600 files; weights are not secret
+    tmp.replace(path)
 
 
 def load(path: Path) -> X0Layer:
