@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"s{args.steps}_e{args.t_end}_b{args.budget}_m{args.margin}_{args.prior}_o{args.offset}_n{len(images)}"
+    tag = f"s{args.steps}_e{settings.t_end}_b{args.budget}_m{args.margin}_{args.prior}_o{args.offset}_n{len(images)}"
     (out / f"codec_{tag}.json").write_text(json.dumps(r, indent=1))
     (out / f"codec_{tag}.md").write_text(format_table(r) + "\n")
     print(format_table(r))

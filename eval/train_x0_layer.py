@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--train", type=int, default=4500, help="first N originals train, the rest are held out")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate at the start of the cosine decay")
     ap.add_argument("--per-stage", type=int, default=12)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--cache", type=Path, default=Path("/tmp"))
@@ -84,12 +85,13 @@ def main() -> None:
         if start.net.cfg != cfg:
             raise SystemExit(f"--init {args.init}: config {start.net.cfg} differs from {cfg}")
         integer.load_into_float(start.net, net)
-    summary = train(net, tr, args.seconds)
+    summary = train(net, tr, args.seconds, lr=args.lr)
     summary["held_out_float"] = evaluate_float(net, held)
     qnet = integer.IntegerX0Net.from_float(net)
     summary["held_out_integer"] = integer.evaluate(qnet, held)
     summary.update(t_end=args.t_end, draws=args.draws, train_images=args.train, held_out=len(images) - args.train,
-                   params=sum(p.numel() for p in net.parameters()), seconds=args.seconds, threads=args.threads)
+                   params=sum(p.numel() for p in net.parameters()), seconds=args.seconds, threads=args.threads,
+                   lr=args.lr, init=args.init.name if args.init else None)
     store.save(qnet, args.out, model_identity=model.identity, summary=summary)
     print(json.dumps(summary, indent=1))
 

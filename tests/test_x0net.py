@@ -183,3 +183,41 @@ def test_coding_in_several_coder_calls_per_stage(monkeypatch):
     enc = entropy.new_coder()
     coding.push(enc, net, pixels, rows, x_t)
     np.testing.assert_array_equal(coding.pop(entropy.new_coder(enc.get_compressed()), net, rows, x_t), pixels)
+
+
+def test_cli_x0_layer_option_and_info(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cli.main import main
+
+    make_tiny_model(tmp_path, resolution=8, seed=0, x0_layer_t_end=3)
+    model = str(tmp_path / "tiny-r8-s0-x3.safetensors")
+    Image.fromarray(smooth_image(8, 8, seed=9)).save(tmp_path / "img.png")
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    fast = ["--steps", "8", "--budget", "6", "--margin", "2", "--t-end", "3", "--model", model, "-q", "-f"]
+    for choice in ("learned", "classic"):
+        res = run("encode", tmp_path / "img.png", "-o", tmp_path / f"{choice}.ddpm", "--x0-layer", choice, *fast)
+        assert res.exit_code == 0, res.output
+        info = run("info", tmp_path / f"{choice}.ddpm", "--model", model)
+        assert f"exact x_0 layer (lossless, {choice})" in info.output, info.output
+        res = run("decode", tmp_path / f"{choice}.ddpm", "-o", tmp_path / f"{choice}.png", "--model", model, "-q", "-f")
+        assert res.exit_code == 0, res.output
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"{choice}.png")), smooth_image(8, 8, seed=9))
+    res = run("encode", tmp_path / "img.png", "-o", tmp_path / "b.ddpm", "--mode", "bitsback", "--x0-layer", "learned",
+              "--model", model, "-q", "-f")
+    assert res.exit_code == 1 and "--x0-layer" in res.output and "Traceback" not in res.output
+
+
+def test_lossy_stop_below_the_default_t_end_extends_the_chain(layered):
+    img = smooth_image(8, 8, seed=3)
+    res = encode(img, layered, CodecSettings(n_steps=6, budget_bits=6), stop_at_t=2)
+    assert res.header.t_end == 2 and not res.header.lossless and res.steps[-1].t == 2
+    out = list(decode_progressive(res.data, layered))
+    assert out[-1].t == 2 and out[-1].pixels.shape == img.shape
+    assert encode(img, layered, CodecSettings(n_steps=6, budget_bits=6), stop_at_t=5).header.t_end == 3
+    exact_end = encode(img, layered, CodecSettings(n_steps=6, budget_bits=6), stop_at_t=3)
+    assert not exact_end.header.lossless and exact_end.steps[-1].t == 3

@@ -179,11 +179,13 @@ class _Chain:
         return mu_p + math.sqrt(var_p) * z.view(self.mask.shape)
 
 
-def _header_for(model, profile, pixels, source_mode, s: CodecSettings) -> container.Header:
+def _header_for(model, profile, pixels, source_mode, s: CodecSettings, stop_at_t: int = 0) -> container.Header:
     if s.prior not in container.PRIOR_KINDS:
         raise InputError(f"unknown prior {s.prior!r}; choose from {container.PRIOR_KINDS}")
     T = model.diffusion.T
     t_end = default_t_end(model) if s.t_end is None else s.t_end
+    if s.t_end is None and 0 < stop_at_t < t_end:  # a lossy file asked to go deeper than the default chain
+        t_end = stop_at_t
     if s.x0_layer not in container.X0_LAYER_CHOICES:
         raise InputError(f"unknown x_0 layer {s.x0_layer!r}; choose from {container.X0_LAYER_CHOICES}")
     if s.x0_layer == "learned" and learned_layer_for(model, t_end) is None:
@@ -227,7 +229,7 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
         raise InputError("expected an (H, W, 3) uint8 image")
     channel.check_candidate_generator(model.device)  # the search runs on the model's device
     profile = profile_for(model)
-    h = _header_for(model, profile, pixels, source_mode, settings)
+    h = _header_for(model, profile, pixels, source_mode, settings, stop_at_t)
     x0, mask = to_tiles(pixels, h.tile)
     chain = _Chain(model, h, mask, workers)
     steps = chain.steps
@@ -264,11 +266,13 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
         if progress:
             progress(k + 1, len(steps) - 1)
     coder = entropy.new_coder()
-    lossless = not stopped
-    if lossless:
+    if not stopped:
         eps = chain.eps(x_t, steps[-1])
         x0_hat = chain.x0_hat(x_t, steps[-1], eps)
         stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
+        stopped = bool(stop_at_t and steps[-1] <= stop_at_t)  # a lossy file that ends at t_end
+    lossless = not stopped
+    if lossless:
         h.learned_x0, x0_bits = _push_x0_layer(coder, model, h, settings.x0_layer, pixels, x0_hat, x_t)
         stats.append(StepStat(t=0, ideal_bits=x0_bits, psnr=float("inf")))
     marks = chain.push_steps(coder, symbols)
