@@ -396,3 +396,32 @@ def test_no_windows_turns_windowed_evaluation_off(env, tmp_path):
         out = tmp_path / f"w{len(flag)}{expected}.ddpm"
         run("encode", tmp_path / "wide.png", "-o", out, "--model", model, *FAST, "--stop-at", "t=300", "-q", *flag)
         assert container.unpack(out.read_bytes()).header.windowed == expected
+
+
+def test_package_version_matches_pyproject_and_format_release():
+    import re
+    from pathlib import Path
+
+    import ddpmcodec
+    from ddpmcodec.container import header
+
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+    assert ddpmcodec.__version__ == version
+    release = ".".join(version.split(".")[:2])
+    assert release not in header.RELEASES.values()  # older formats name older releases
+
+
+def test_every_source_package_imports_outside_the_source_tree(tmp_path):
+    """Run from another folder, so the installed package is imported, not this checkout: catches subpackages that
+    the install leaves out (CI installs with `pip install .`, not in editable mode)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    names = sorted(".".join(p.parent.relative_to(root).parts) for top in ("ddpmcodec", "cli")
+                   for p in (root / top).rglob("__init__.py"))
+    code = "import importlib\nfor n in %r:\n    importlib.import_module(n)\n" % names
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
