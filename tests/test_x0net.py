@@ -204,6 +204,7 @@ def test_cli_x0_layer_option_and_info(tmp_path):
         assert res.exit_code == 0, res.output
         info = run("info", tmp_path / f"{choice}.ddpm", "--model", model)
         assert f"exact x_0 layer (lossless, {choice})" in info.output, info.output
+        assert f"size         {(tmp_path / f'{choice}.ddpm').stat().st_size} bytes" in info.output  # whole file
         res = run("decode", tmp_path / f"{choice}.ddpm", "-o", tmp_path / f"{choice}.png", "--model", model, "-q", "-f")
         assert res.exit_code == 0, res.output
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"{choice}.png")), smooth_image(8, 8, seed=9))

@@ -105,6 +105,11 @@ def bitsback_summary_lines(data: bytes, model=None, limits: DecodeLimits | None 
 def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> list[str]:
     h = parsed.header
     dims = h.width * h.height * 3
+    size = parsed.header_bytes + len(parsed.payload)  # what decodes: the whole file, or a partial file's verified part
+    if parsed.complete:
+        size = parsed.header_bytes + blocks.stored_size(h.payload_bytes)  # block checks included: the file's length
+    n_checks = (size - parsed.header_bytes - len(parsed.payload)) // blocks.CHECK_BYTES
+    checks = f", block checks {blocks.CHECK_BYTES * n_checks}" if n_checks else ""
     lines = [f"format       .ddpm v{container.VERSION}, {'progressive' if h.mode == 0 else 'bits-back'}"
              f"{'' if parsed.complete else ' (PARTIAL FILE: payload cut off)'}"
              f"{'' if parsed.verified else ' (not verified: read without a model)'}",
@@ -115,8 +120,7 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
              f"content      {h.steps_present} coded steps"
              f"{(' + exact x_0 layer (lossless, ' + ('learned' if h.learned_x0 else 'classic') + ')') if h.lossless else ''}",
-             f"size         {parsed.header_bytes + len(parsed.payload)} bytes (header {parsed.header_bytes}), "
-             f"{8 * (parsed.header_bytes + len(parsed.payload)) / (h.width * h.height):.3f} bpp"]
+             f"size         {size} bytes (header {parsed.header_bytes}{checks}), {8 * size / (h.width * h.height):.3f} bpp"]
     if table:
         lines.append(f"{'step':>6} {'t':>6} {'bytes':>9} {'bpp':>8} {'bits/dim':>9}")
         for e in table:
