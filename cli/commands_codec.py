@@ -84,7 +84,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
     --x0-layer, --stop-at, --target-bpp, --target-psnr, -v).
     """
     from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
-    from ddpmcodec.codec.stop_points import fit_to_bpp
+    from ddpmcodec.codec.stop_points import encode_within_bpp, stop_of
     from ddpmcodec.images import load_image
 
     if mode == "bitsback":
@@ -134,16 +134,18 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
                              seed=seed, prior=prior, windowed=windowed, x0_layer=x0_layer)
     h, w = img.pixels.shape[:2]
     with _bar(n_steps, "encode", show_progress(quiet)) as bar:
-        res = run_encode(img.pixels, model, settings, source_mode=img.source_mode, stop_at_t=stop_t or 0,
-                         target_psnr=target_psnr, progress=advance(bar))
-    data, stats = res.data, res.steps
-    if target_bpp is not None:
-        data = fit_to_bpp(data, stats, model, target_bpp, h, w)
+        if target_bpp is not None:
+            data, res, final = encode_within_bpp(img.pixels, model, settings, target_bpp,
+                                                 source_mode=img.source_mode, progress=advance(bar))
+        else:
+            res = run_encode(img.pixels, model, settings, source_mode=img.source_mode, stop_at_t=stop_t or 0,
+                             target_psnr=target_psnr, progress=advance(bar))
+            data, final = res.data, stop_of(res, res.data)
+    stats = res.steps
     write_atomic(out, data, force)
     from ddpmcodec.container import header as container
 
     written = container.unpack(data).header
-    final = stats[-1] if written.lossless else stats[written.steps_present]
     if verbose:
         click.echo(f"{'t':>6} {'bytes':>8} {'bpp':>8} {'ideal bits':>11} {'PSNR dB':>8}", err=True)
         for s in stats:

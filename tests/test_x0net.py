@@ -222,3 +222,19 @@ def test_lossy_stop_below_the_default_t_end_extends_the_chain(layered):
     assert encode(img, layered, CodecSettings(n_steps=6, budget_bits=6), stop_at_t=5).header.t_end == 3
     exact_end = encode(img, layered, CodecSettings(n_steps=6, budget_bits=6), stop_at_t=3)
     assert not exact_end.header.lossless and exact_end.steps[-1].t == 3
+
+
+def test_target_bpp_past_the_last_lossy_stop_tries_a_deeper_chain(layered):
+    from ddpmcodec.codec.stop_points import encode_within_bpp, stop_of
+
+    img = smooth_image(8, 8, seed=1)
+    settings = CodecSettings(n_steps=12, budget_bits=6)
+    full = encode(img, layered, settings)
+    last_lossy = full.steps[full.header.steps_present].bytes_if_stopped
+    target = 8 * (last_lossy + len(full.data)) / 2 / img[..., 0].size  # between the last lossy stop and lossless
+    data, res, stop = encode_within_bpp(img, layered, settings, target, deep_t_end=1)
+    assert len(data) <= target * img[..., 0].size / 8 and stop is stop_of(res, data)
+    assert stop.psnr > full.steps[full.header.steps_present].psnr and res.header.t_end == 1  # the deeper chain won
+    assert list(decode_progressive(data, layered))[-1].t == stop.t
+    fixed = encode_within_bpp(img, layered, CodecSettings(n_steps=12, budget_bits=6, t_end=3), target, deep_t_end=1)
+    assert fixed[1].header.t_end == 3  # an explicit t_end is kept

@@ -42,7 +42,7 @@ def code_item(job, item: Item, model) -> ItemResult:
 def _encode_item(job: EncodeJob, item: Item, model) -> ItemResult:
     from ddpmcodec.atomic_write import atomic_write
     from ddpmcodec.codec.progressive import CodecSettings, encode
-    from ddpmcodec.codec.stop_points import fit_to_bpp
+    from ddpmcodec.codec.stop_points import encode_within_bpp
     from ddpmcodec.images import load_image
 
     if item.path is not None:
@@ -52,11 +52,11 @@ def _encode_item(job: EncodeJob, item: Item, model) -> ItemResult:
         pixels, mode, note = item.pixels, "RGB", ""
     h, w = pixels.shape[:2]
     if isinstance(job.settings, CodecSettings):
-        res = encode(pixels, model, job.settings, source_mode=mode, stop_at_t=job.stop_at_t,
-                     target_psnr=job.target_psnr)
-        data, stats = res.data, res.steps
         if job.target_bpp is not None:  # as `ddpmcodec encode --target-bpp`
-            data = fit_to_bpp(data, stats, model, job.target_bpp, h, w)
+            data = encode_within_bpp(pixels, model, job.settings, job.target_bpp, source_mode=mode)[0]
+        else:
+            data = encode(pixels, model, job.settings, source_mode=mode, stop_at_t=job.stop_at_t,
+                          target_psnr=job.target_psnr).data
     else:
         from ddpmcodec.bitsback.codec import encode_image
 

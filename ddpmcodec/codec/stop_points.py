@@ -5,13 +5,13 @@ the schedule (from the model's profile) is needed to label steps with their time
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 from ddpmcodec.container import blocks
 from ddpmcodec.container import header as container
 from ddpmcodec.container.limits import DecodeLimits
-from ddpmcodec.codec.progressive import truncated_file, truncated_size
+from ddpmcodec.codec.progressive import CodecSettings, EncodeResult, StepStat, encode, truncated_file, truncated_size
 from ddpmcodec.codec.decoding import StreamReader
 from ddpmcodec.errors import InputError
 
@@ -127,3 +127,37 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
             lines.append(f"{e.index:>6} {e.t:>6} {e.bytes:>9} {8 * e.bytes / (h.width * h.height):>8.4f} "
                          f"{8 * e.bytes / dims:>9.4f}")
     return lines
+
+
+DEEP_T_END = 4  # how deep a lossy-only chain goes when a byte budget falls past a default file's last lossy stop
+
+
+def stop_of(res: EncodeResult, data: bytes) -> StepStat:
+    """The encoder's statistics of the stop point that `data` (res.data or a truncation of it) ends at."""
+    h = container.unpack(data).header
+    return res.steps[-1] if h.lossless else res.steps[h.steps_present]
+
+
+def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float, *, source_mode: str = "RGB",
+                      progress=None, deep_t_end: int = DEEP_T_END) -> tuple[bytes, EncodeResult, StepStat]:
+    """`encode --target-bpp`: the best valid file within target_bpp, as (bytes, the encode it comes from, its stop).
+
+    A default file's lossy stops end at t_end (10 with the learned x_0 layer), and its next point is the lossless
+    file. When the budget falls in between and t_end was left to the model, a lossy-only chain down to deep_t_end is
+    encoded as well, and whichever file within the budget has the higher PSNR is kept."""
+    height, width = pixels.shape[:2]
+    res = encode(pixels, model, settings, source_mode=source_mode, progress=progress)
+    data = fit_to_bpp(res.data, res.steps, model, target_bpp, height, width)
+    stop = stop_of(res, data)
+    deepest_lossy = res.steps[res.header.steps_present] if res.header.lossless else res.steps[-1]
+    if settings.t_end is None and stop is deepest_lossy and res.header.t_end > deep_t_end:
+        deep = encode(pixels, model, replace(settings, t_end=deep_t_end), source_mode=source_mode,
+                      stop_at_t=deep_t_end)
+        try:
+            deep_data = fit_to_bpp(deep.data, deep.steps, model, target_bpp, height, width)
+        except InputError:  # its first stop is already too large
+            return data, res, stop
+        deep_stop = stop_of(deep, deep_data)
+        if deep_stop.psnr > stop.psnr:
+            return deep_data, deep, deep_stop
+    return data, res, stop
