@@ -71,7 +71,8 @@ class EncodeResult:
 
 def codec_model_id(model, profile: Profile) -> bytes:
     """Short identity (container.MODEL_ID_BYTES) of what the decoder must share: weights, configs, rate profile."""
-    layer = f":{model.x0_layer.identity}" if getattr(model, "x0_layer", None) is not None else ""
+    layer_id = getattr(model, "x0_layer_identity", None)
+    layer = f":{layer_id}" if layer_id is not None else ""
     return hashlib.sha256(f"{model.identity}:{profile.digest()}{layer}".encode()).digest()[:container.MODEL_ID_BYTES]
 
 
@@ -293,16 +294,16 @@ def _push_x0_layer(coder, model, h: container.Header, choice: str, pixels: np.nd
     shorter). Returns (learned?, ideal bits)."""
     rows = pixelmodel.mean_rows(x0_hat, h.height, h.width)
     layer = learned_layer_for(model, h.t_end) if choice != "classic" else None
-    if layer is not None:
-        x_t_image = from_tiles(x_t, h.height, h.width)
-        learned_bits = learned_x0.code_length_bits(layer.net, pixels, rows, x_t_image)
+    if layer is not None:  # one network pass gives both the code length and the symbols to push
+        learned = learned_x0.prepare(layer.net, pixels, rows, from_tiles(x_t, h.height, h.width))
+        learned_bits = learned.bits()
     if choice != "learned":
         params = pixelmodel.fit(pixels, rows)
         classic_bits = pixelmodel.code_length_bits(pixels, rows, params)
         if layer is None or classic_bits < learned_bits:
             pixelmodel.push(coder, pixels, rows, params)
             return 0, classic_bits
-    learned_x0.push(coder, layer.net, pixels, rows, x_t_image)
+    learned.push(coder)
     return 1, learned_bits
 
 

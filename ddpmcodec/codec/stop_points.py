@@ -149,7 +149,7 @@ def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float,
     res = encode(pixels, model, settings, source_mode=source_mode, progress=progress)
     data = fit_to_bpp(res.data, res.steps, model, target_bpp, height, width)
     stop = stop_of(res, data)
-    deepest_lossy = res.steps[res.header.steps_present] if res.header.lossless else res.steps[-1]
+    deepest_lossy = res.steps[res.header.steps_present]
     if settings.t_end is None and stop is deepest_lossy and res.header.t_end > deep_t_end:
         deep = encode(pixels, model, replace(settings, t_end=deep_t_end), source_mode=source_mode,
                       stop_at_t=deep_t_end)

@@ -7,6 +7,8 @@ padding is never coded. No parameters are sent: the weights are part of the mode
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -26,47 +28,62 @@ class _Planes:
         if tuple(x_t_image.shape) != (height, width, 3):
             raise ValueError("x_t and mean rows differ in shape")
         self.shape = (height, width)
-        even = lambda p: layout.pad_even(p)  # noqa: E731
-        self.cond = torch.cat([layout.to_stages(even(layout.x_t_input(x_t_image))),
-                               layout.to_stages(even(layout.rows_input(rows)))], 0)[None]
-        self.rows = layout.to_stages(even(torch.as_tensor(rows, dtype=torch.int64).permute(2, 0, 1)))
-        self.real = layout.to_stages(even(torch.ones((3, height, width), dtype=torch.int64))).bool()
-
-    def stage_pixels(self, pixels: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (STAGES, h, w) int64 (padding 0)."""
-        return layout.to_stages(layout.pad_even(torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1)))
-
-    def residual_inputs(self, pixels: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-        r8 = torch.from_numpy(residual8(pixels, rows)).permute(2, 0, 1)
-        return layout.to_stages(layout.pad_even(r8 << layout.RESIDUAL_SHIFT))[None]
+        self.cond = torch.cat([_stages(layout.x_t_input(x_t_image)), _stages(layout.rows_input(rows))], 0)[None]
+        self.rows = _stages(torch.as_tensor(rows, dtype=torch.int64).permute(2, 0, 1))
+        self.real = _stages(torch.ones((3, height, width), dtype=torch.int64)).bool()
 
 
-def stage_params(net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor):
-    """Encoder side: every stage's coder parameters in one pass. Returns planes, pixels, mean rows, sigma indices
-    (each (STAGES, h, w) int64)."""
+def _stages(planes: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> (STAGES, h, w), zero-padded to even sizes."""
+    return layout.to_stages(layout.pad_even(planes))
+
+
+@dataclass
+class StageCode:
+    """The encoder's view of one image under the layer: every stage's values and coder parameters, from one
+    network pass; (STAGES, h, w) int64 tensors and the real-pixel mask."""
+
+    real: torch.Tensor
+    values: torch.Tensor
+    mean_rows: torch.Tensor
+    sigma_index: torch.Tensor
+
+    def bits(self) -> float:
+        """Ideal code length of the layer in bits (no parameters are sent)."""
+        real = self.real
+        return entropy.pixel_bits(self.values[real].numpy(), self.mean_rows[real].numpy(),
+                                  self.sigma_index[real].numpy())
+
+    def push(self, coder) -> None:
+        """Push the layer so that pop() returns it: stage 0 ends on top."""
+        for k in reversed(range(layout.STAGES)):
+            real = self.real[k]
+            vals, means = self.values[k][real].numpy(), self.mean_rows[k][real].numpy()
+            scales = self.sigma_index[k][real].numpy()
+            for a in reversed(range(0, len(vals), SYMBOLS_PER_CALL)):
+                b = a + SYMBOLS_PER_CALL
+                coder.encode_reverse(vals[a:b].astype(np.int32), entropy._MODELS.Categorical(perfect=False),
+                                     entropy.pixel_probs(means[a:b], scales[a:b]))
+
+
+def prepare(net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor) -> StageCode:
+    """Encoder side: every stage's coder parameters in one pass (pixels (H, W, 3) uint8)."""
     planes = _Planes(rows, x_t_image)
-    mean_out, scale_out = net.heads(net.trunk(planes.cond), planes.residual_inputs(pixels, rows))
+    residuals = _stages(layout.residual_input(residual8(pixels, rows)))[None]
+    mean_out, scale_out = net.heads(net.trunk(planes.cond), residuals)
     mean_rows, sigma_index = coder_params(mean_out[0], scale_out[0], planes.rows)
-    return planes, planes.stage_pixels(pixels), mean_rows, sigma_index
+    values = _stages(torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1))
+    return StageCode(planes.real, values, mean_rows, sigma_index)
 
 
 def code_length_bits(net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor) -> float:
     """Ideal code length of the layer in bits (no parameters are sent)."""
-    planes, values, mean_rows, sigma_index = stage_params(net, pixels, rows, x_t_image)
-    real = planes.real
-    return entropy.pixel_bits(values[real].numpy(), mean_rows[real].numpy(), sigma_index[real].numpy())
+    return prepare(net, pixels, rows, x_t_image).bits()
 
 
 def push(coder, net: IntegerX0Net, pixels: np.ndarray, rows: np.ndarray, x_t_image: torch.Tensor) -> None:
     """Push the layer so that pop() returns it: stage 0 ends on top."""
-    planes, values, mean_rows, sigma_index = stage_params(net, pixels, rows, x_t_image)
-    for k in reversed(range(layout.STAGES)):
-        real = planes.real[k]
-        vals, means, scales = values[k][real].numpy(), mean_rows[k][real].numpy(), sigma_index[k][real].numpy()
-        for a in reversed(range(0, len(vals), SYMBOLS_PER_CALL)):
-            b = a + SYMBOLS_PER_CALL
-            coder.encode_reverse(vals[a:b].astype(np.int32), entropy._MODELS.Categorical(perfect=False),
-                                 entropy.pixel_probs(means[a:b], scales[a:b]))
+    prepare(net, pixels, rows, x_t_image).push(coder)
 
 
 def pop(coder, net: IntegerX0Net, rows: np.ndarray, x_t_image: torch.Tensor) -> np.ndarray:

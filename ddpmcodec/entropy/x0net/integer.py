@@ -147,8 +147,7 @@ def coder_params(mean_out: torch.Tensor, log_scale_out: torch.Tensor, rows: torc
 def batch_integer_inputs(x_t: torch.Tensor, rows: torch.Tensor, pixels: torch.Tensor):
     """Training-layout batch (x_t (B, 3, H, W) float, rows int64, pixels uint8; H, W even) -> integer cond (B, 24,
     h, w), residual inputs, rows and pixels as stages (B, STAGES, h, w) int64."""
-    xt_i = torch.round(x_t.double() * (1 << layout.ACT_BITS)).clamp(-layout.X_T_CLAMP, layout.X_T_CLAMP)
-    cond = torch.cat([layout.to_stages(xt_i.to(torch.int64)), layout.to_stages(rows - layout.ROW_CENTRE)], 1)
+    cond = torch.cat([layout.to_stages(layout.quantize_x_t(x_t)), layout.to_stages(rows - layout.ROW_CENTRE)], 1)
     r8 = 8 * pixels.to(torch.int64) - rows + 4
     return cond, layout.to_stages(r8 << layout.RESIDUAL_SHIFT), layout.to_stages(rows), layout.to_stages(
         pixels.to(torch.int64))

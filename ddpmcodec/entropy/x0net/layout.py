@@ -24,10 +24,6 @@ RESIDUAL_SHIFT = 4  # residual input = residual8 << 4: grey levels / 64 at 2^-10
 _UNSHUFFLE_INDEX = [c * 4 + di * 2 + dj for di, dj in PHASE_ORDER for c in range(3)]
 
 
-def padded_size(height: int, width: int) -> tuple[int, int]:
-    return height + height % 2, width + width % 2
-
-
 def to_stages(planes: torch.Tensor) -> torch.Tensor:
     """(C, H, W) with C = 3 (colour) and even H, W -> (STAGES, H/2, W/2): channel k holds stage k's sub-pixels.
     Also accepts (B, 3, H, W) -> (B, STAGES, H/2, W/2)."""
@@ -53,10 +49,14 @@ def pad_even(planes: torch.Tensor) -> torch.Tensor:
     return F.pad(planes, (0, w % 2, 0, h % 2))
 
 
+def quantize_x_t(x_t: torch.Tensor) -> torch.Tensor:
+    """x_{t_end} (any shape, float) -> int64 at 2^-10 (round half to even, clamped)."""
+    return torch.round(x_t.double() * (1 << ACT_BITS)).clamp(-X_T_CLAMP, X_T_CLAMP).to(torch.int64)
+
+
 def x_t_input(x_t_image: torch.Tensor) -> torch.Tensor:
-    """x_{t_end} as an (H, W, 3) float tensor -> (3, H, W) int64 at 2^-10 (round half to even, clamped)."""
-    v = torch.round(x_t_image.double() * (1 << ACT_BITS)).clamp(-X_T_CLAMP, X_T_CLAMP)
-    return v.to(torch.int64).permute(2, 0, 1).contiguous()
+    """x_{t_end} as an (H, W, 3) float tensor -> (3, H, W) int64 at 2^-10."""
+    return quantize_x_t(x_t_image).permute(2, 0, 1).contiguous()
 
 
 def rows_input(rows) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.entropy.x0net import layout
+from ddpmcodec.entropy.x0net.integer import batch_integer_inputs
 from ddpmcodec.entropy.x0net.model import MEAN_UNIT, X0Net
 
 SIGMA_INDEX_MAX = entropy.SIGMA_TABLE_SIZE - 1
@@ -22,15 +23,12 @@ SIGMA_INDEX_MAX = entropy.SIGMA_TABLE_SIZE - 1
 
 def batch_inputs(x_t: torch.Tensor, rows: torch.Tensor, pixels: torch.Tensor):
     """Float network inputs from a batch: x_t (B, 3, H, W) float, rows (B, 3, H, W) int64 (mean rows of x^_0),
-    pixels (B, 3, H, W) uint8, H and W even. Returns cond (B, 24, h, w), residuals, rows and pixels as stages
-    (B, STAGES, h, w), all float64 except cond/residuals (float32), using the integers the codec uses."""
+    pixels (B, 3, H, W) uint8, H and W even. Returns cond (B, 24, h, w) and residuals (float32: the codec's integer
+    inputs at 2^-10, integer.batch_integer_inputs), rows and pixels as stages (B, STAGES, h, w) float64."""
+    cond, residuals, rows_st, pixels_st = batch_integer_inputs(x_t, rows, pixels)
     scale = float(1 << layout.ACT_BITS)
-    xt_i = torch.round(x_t.double() * scale).clamp(-layout.X_T_CLAMP, layout.X_T_CLAMP)
-    rows_c = rows.double() - layout.ROW_CENTRE
-    cond = torch.cat([layout.to_stages(xt_i), layout.to_stages(rows_c)], 1) / scale
-    r8 = 8.0 * pixels.double() - rows.double() + 4.0
-    residuals = layout.to_stages(r8 * (1 << layout.RESIDUAL_SHIFT)) / scale
-    return (cond.float(), residuals.float(), layout.to_stages(rows.double()), layout.to_stages(pixels.double()))
+    return ((cond.double() / scale).float(), (residuals.double() / scale).float(), rows_st.double(),
+            pixels_st.double())
 
 
 def gaussian_bits(pixels: torch.Tensor, mean_rows: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
