@@ -131,18 +131,30 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def add_settings_options(ap: argparse.ArgumentParser) -> None:
+    """The codec settings as options (--steps, --t-end, --budget, --margin, --prior, --seed); see settings_from_args."""
+    d = CodecSettings()
+    ap.add_argument("--steps", type=int, default=d.n_steps)
+    ap.add_argument("--t-end", type=int, default=d.t_end, help="default: the model's (its learned x_0 layer's)")
+    ap.add_argument("--budget", type=int, default=d.budget_bits)
+    ap.add_argument("--margin", type=int, default=d.margin_bits)
+    ap.add_argument("--prior", default=d.prior, choices=("calibrated", "fixedlarge"))
+    ap.add_argument("--seed", type=int, default=d.seed, help="codec seed")
+
+
+def settings_from_args(args: argparse.Namespace, model) -> CodecSettings:
+    """CodecSettings from add_settings_options' options, with t_end resolved for the model (it names the outputs)."""
+    return CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
+                         margin_bits=args.margin, prior=args.prior, seed=args.seed)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--images", default=None, help="npz/folder [dev test set]")
     ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--offset", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=CodecSettings.n_steps)
-    ap.add_argument("--t-end", type=int, default=CodecSettings.t_end)
-    ap.add_argument("--budget", type=int, default=CodecSettings.budget_bits)
-    ap.add_argument("--margin", type=int, default=CodecSettings.margin_bits)
-    ap.add_argument("--prior", default=CodecSettings.prior)
-    ap.add_argument("--seed", type=int, default=0)
+    add_settings_options(ap)
     ap.add_argument("--target-bpp", type=float, default=0.36)
     ap.add_argument("--decode-every", type=int, default=1, help="time/verify decoding of every k-th image (0: off)")
     ap.add_argument("--threads", type=int, default=None)
@@ -163,8 +175,7 @@ def main(argv=None) -> int:
     images = load_images(args.images) if args.images else load_dev_set()
     images = images[args.offset: args.offset + args.limit]
     model = load_model(args.model, device=args.device)
-    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
-                             margin_bits=args.margin, prior=args.prior, seed=args.seed)
+    settings = settings_from_args(args, model)
     r = bench(model, images, settings, target_bpp=args.target_bpp, decode_every=args.decode_every)
     r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(
         sys.argv[1:] if argv is None else argv)

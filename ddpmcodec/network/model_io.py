@@ -52,6 +52,11 @@ class DiffusionModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     x0_layer: X0Layer | None = None  # learned x_0 layer trained for this model (its sidecar file), if any
 
+    @property
+    def x0_layer_identity(self) -> str | None:
+        """Identity of the learned x_0 layer (None without one): part of the codec identity and of result keys."""
+        return self.x0_layer.identity if self.x0_layer is not None else None
+
     def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """Predicted noise (B, C, H, W) float32 for x_t (B, C, H, W) at 1-based t (int or (B,) tensor)."""
         T = self.diffusion.T

@@ -11,27 +11,22 @@ from pathlib import Path
 
 import torch
 
-from ddpmcodec.codec.progressive import CodecSettings, default_t_end
 from ddpmcodec.container import header as container
 from ddpmcodec.errors import CodecError, InputError
+from eval.codec_bench import add_settings_options, settings_from_args
 from eval.report.cache import Cache, image_digest
+from eval.report.write import finite
 from eval.ledger.rates import COLUMNS, LEDGER_VERSION, PER_IMAGE_ARRAYS_MAX, ledger_image
 from eval.ledger.write import aggregate, markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = CodecSettings()
     ap = argparse.ArgumentParser(prog="python -m eval.ledger", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--images", default=None, help="folder or .npz (default: the 500 dev test images)")
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--limit", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=d.n_steps)
-    ap.add_argument("--t-end", type=int, default=d.t_end)
-    ap.add_argument("--budget", type=int, default=d.budget_bits)
-    ap.add_argument("--margin", type=int, default=d.margin_bits)
-    ap.add_argument("--prior", default=d.prior, choices=("calibrated", "fixedlarge"))
-    ap.add_argument("--seed", type=int, default=d.seed, help="codec seed")
+    add_settings_options(ap)
     ap.add_argument("--t-samples", type=int, default=8,
                     help="(a): importance-sampled single steps per interval between coded steps")
     ap.add_argument("--mc-seed", type=int, default=0, help="noise seed of (a) and (b)")
@@ -59,12 +54,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     if len(images) == 0:
         raise InputError("no images selected (check --offset / --limit)")
     model = load_model(args.model, device=args.device)
-    settings = CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
-                             margin_bits=args.margin, seed=args.seed, prior=args.prior)
+    settings = settings_from_args(args, model)
     cache = Cache(args.cache)
     per_image = []
     for i, im in enumerate(images):
-        key = {"model": model.identity, "x0_layer": model.x0_layer and model.x0_layer.identity, "settings": asdict(settings), "image": image_digest(im[None]),
+        key = {"model": model.identity, "x0_layer": model.x0_layer_identity, "settings": asdict(settings),
+               "image": image_digest(im[None]),
                "index": args.offset + i, "t_samples": args.t_samples, "mc_seed": args.mc_seed,
                "format": container.VERSION, "ledger": LEDGER_VERSION, "verify": args.verify}
         rec = cache.get_json("ledger", key)
@@ -90,7 +85,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"ledger_dev{len(images)}" if args.images is None and args.offset == 0 else \
         f"ledger_{Path(str(args.images or 'dev')).stem}_o{args.offset}_n{len(images)}"
-    (out / f"{stem}.json").write_text(json.dumps(_finite(r), indent=1, allow_nan=False) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(finite(r), indent=1, allow_nan=False) + "\n")
     (out / f"{stem}.md").write_text(markdown(r))
     r["paths"] = [str(out / f"{stem}.md"), str(out / f"{stem}.json")]
     return r
@@ -109,16 +104,6 @@ def _compact(o, digits: int = 2):
         return [_compact(v, digits) for v in o]
     if isinstance(o, float) and math.isfinite(o):
         return round(o, digits)
-    return o
-
-
-def _finite(o):
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
     return o
 
 

@@ -21,12 +21,6 @@ from eval.report import classic
 from eval.report.cache import Cache, image_digest
 
 
-def _layer_id(model) -> str | None:
-    """The learned x_0 layer's identity (part of the coded results' cache keys)."""
-    layer = getattr(model, "x0_layer", None)
-    return layer.identity if layer is not None else None
-
-
 def _chunks(n: int, size: int):
     for start in range(0, n, max(1, size)):
         yield start, min(n, start + max(1, size))
@@ -191,7 +185,7 @@ def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSetti
     out = []
     bar = tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress)
     for a, b in _chunks(len(images), chunk):
-        inputs = {"model": model.identity, "x0_layer": _layer_id(model), "images": image_digest(images[a:b]),
+        inputs = {"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
                   "settings": asdict(settings),
                   "format": container.VERSION,  # file sizes depend on the container format
                   "msssim": classic.MSSSIM_OPTIONS if classic.msssim_available() else None}
@@ -251,7 +245,7 @@ def strip_frames(model, images: np.ndarray, settings: CodecSettings, want_t: lis
     Returns arrays: frames (N, K, H, W, 3) uint8, t (K,) coded t of each column (shared schedule), bytes (N, K)
     the file bytes read to reach each frame, original (N, H, W, 3), seconds (compute time, scalar).
     """
-    inputs = {"model": model.identity, "x0_layer": _layer_id(model), "images": image_digest(images),
+    inputs = {"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images),
               "settings": asdict(settings),
               "want_t": list(want_t), "format": container.VERSION}
     hit = cache.get_npz("strip", inputs)
