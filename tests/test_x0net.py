@@ -238,3 +238,23 @@ def test_target_bpp_past_the_last_lossy_stop_tries_a_deeper_chain(layered):
     assert list(decode_progressive(data, layered))[-1].t == stop.t
     fixed = encode_within_bpp(img, layered, CodecSettings(n_steps=12, budget_bits=6, t_end=3), target, deep_t_end=1)
     assert fixed[1].header.t_end == 3  # an explicit t_end is kept
+
+
+def test_damaged_learned_layer_files_never_decode_to_a_wrong_image(layered):
+    from ddpmcodec.errors import CodecError
+
+    img = smooth_image(8, 8, seed=11)
+    data = encode(img, layered, CodecSettings(**{**FAST.__dict__, "x0_layer": "learned"})).data
+    assert container.unpack(data).header.learned_x0
+    wrong = []
+    for pos in range(len(data)):
+        for bit in (0x01, 0x80):
+            bad = bytearray(data)
+            bad[pos] ^= bit
+            try:
+                out = list(decode_progressive(bytes(bad), layered, every_step=False))
+            except CodecError:
+                continue
+            if out and out[-1].t == 0 and not np.array_equal(out[-1].pixels, img):
+                wrong.append((pos, bit))
+    assert not wrong
