@@ -5,6 +5,11 @@
 Features: for every training original, `--draws` independent x_t ~ q(x_t | x_0) at t_end (seeded) and the model's
 clipped x^_0 there, cached as .npz under --cache. The first --train images train, the rest are held out: the summary
 reports the float and the integer network's bits/dim on them. Dev images are never used here.
+
+With --chain-cache (features from the codec's own chain, eval.x0_chain_features), the chain examples of the first
+--chain-train training originals join the training set and make up --chain-share of every batch, and the summary
+adds the held-out bits/dim on the chain examples of held-out originals (those cached from --train on): the codec
+codes x_0 from its chain's x_{t_end}, whose samples lean towards the prior, not from q(x_{t_end} | x_0).
 """
 from __future__ import annotations
 
@@ -56,6 +61,23 @@ def flatten(data: dict[str, torch.Tensor], sel: slice) -> dict[str, torch.Tensor
     return {k: v[sel].flatten(0, 1) for k, v in data.items()}
 
 
+def chain_data(model, cache: Path, first: int, end: int) -> dict[str, torch.Tensor] | None:
+    from eval.x0_chain_features import load_chunks
+
+    found = load_chunks(model, first, end, cache)
+    return None if found is None else {k: torch.from_numpy(v) for k, v in found.items()}
+
+
+def mixed(base: dict[str, torch.Tensor], extra: dict[str, torch.Tensor] | None, share: float):
+    """(examples, draw weights): base and extra concatenated, extra drawn with total probability `share`."""
+    if extra is None:
+        return base, None
+    n, m = len(base["pixels"]), len(extra["pixels"])
+    data = {k: torch.cat([base[k], extra[k]]) for k in base}
+    weights = torch.cat([torch.full((n,), (1.0 - share) / n), torch.full((m,), share / m)]).double()
+    return data, weights
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -69,6 +91,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--cache", type=Path, default=Path("/tmp"))
     ap.add_argument("--init", type=Path, default=None, help="start from a saved layer (same config), e.g. to train on")
+    ap.add_argument("--chain-cache", type=Path, default=None, help="eval.x0_chain_features' --cache")
+    ap.add_argument("--chain-train", type=int, default=1000, help="chain examples of the first N originals train")
+    ap.add_argument("--chain-share", type=float, default=0.5, help="share of every batch drawn from chain examples")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,10 +110,19 @@ def main() -> None:
         if start.net.cfg != cfg:
             raise SystemExit(f"--init {args.init}: config {start.net.cfg} differs from {cfg}")
         integer.load_into_float(start.net, net)
-    summary = train(net, tr, args.seconds, lr=args.lr)
+    chain_tr = chain_held = None
+    if args.chain_cache is not None:
+        chain_tr = chain_data(model, args.chain_cache, 0, min(args.chain_train, args.train))
+        chain_held = chain_data(model, args.chain_cache, args.train, len(images))
+    tr, weights = mixed(tr, chain_tr, args.chain_share)
+    summary = train(net, tr, args.seconds, lr=args.lr, weights=weights)
     summary["held_out_float"] = evaluate_float(net, held)
     qnet = integer.IntegerX0Net.from_float(net)
     summary["held_out_integer"] = integer.evaluate(qnet, held)
+    if chain_held is not None:
+        summary["held_out_chain_integer"] = integer.evaluate(qnet, chain_held)
+        summary["chain_examples"] = {"train": 0 if chain_tr is None else len(chain_tr["pixels"]),
+                                     "held_out": len(chain_held["pixels"]), "share": args.chain_share}
     summary.update(t_end=args.t_end, draws=args.draws, train_images=args.train, held_out=len(images) - args.train,
                    params=sum(p.numel() for p in net.parameters()), seconds=args.seconds, threads=args.threads,
                    lr=args.lr, init=args.init.name if args.init else None)

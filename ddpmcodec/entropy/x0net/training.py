@@ -55,9 +55,10 @@ def float_bits(net: X0Net, batch) -> torch.Tensor:
 
 
 def train(net: X0Net, data: dict[str, torch.Tensor], seconds: float, batch_size: int = 32, lr: float = 2e-3,
-          seed: int = 0, log: Callable[[str], None] = print) -> dict:
+          seed: int = 0, log: Callable[[str], None] = print, weights: torch.Tensor | None = None) -> dict:
     """Adam with cosine decay over a wall-clock budget; horizontal flips. data: x_t (N, 3, H, W) float32, rows
-    (N, 3, H, W) int64, pixels (N, 3, H, W) uint8. Returns a summary (steps, epochs, last loss)."""
+    (N, 3, H, W) int64, pixels (N, 3, H, W) uint8; weights: (N,) relative probability of drawing each example
+    (default uniform). Returns a summary (steps, epochs, last loss)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     n = len(data["pixels"])
@@ -66,7 +67,10 @@ def train(net: X0Net, data: dict[str, torch.Tensor], seconds: float, batch_size:
     while (elapsed := time.perf_counter() - start) < seconds:
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, elapsed / seconds)))
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        if weights is None:
+            idx = torch.randint(0, n, (batch_size,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
         parts = [data["x_t"][idx], data["rows"][idx], data["pixels"][idx]]
         if bool(torch.rand((), generator=gen) < 0.5):
             parts = [p.flip(-1) for p in parts]

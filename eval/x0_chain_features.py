@@ -1,0 +1,95 @@
+"""Training examples for the x_0 layer taken from the codec's own chain, not from q(x_t | x_0).
+
+    python -m eval.x0_chain_features --first 0 --count 800 --cache /work/scratch/x0chain
+
+The codec reaches x_{t_end} through channel-simulated steps whose samples lean towards the prior, so its x_{t_end}
+is not distributed as q(x_{t_end} | x_0), and the layer, trained on q's samples, pays more on it (notes in
+docs/x0_layer.md). This runs the real encoder (default settings, one thread) on lossless *training* originals and
+records, per image, what `_push_x0_layer` receives: x_{t_end} (3, H, W) float32, the mean rows of x^_0 (3, H, W)
+int64 and the pixels (3, H, W) uint8 -- the feature format of eval.train_x0_layer. Written in chunks of --chunk
+images (`chain_<model>_t<t_end>_<first>.npz`), so an interrupted run resumes; dev images are never used.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+from ddpmcodec.codec import progressive
+from ddpmcodec.codec.progressive import CodecSettings, default_t_end, encode
+from ddpmcodec.data import TRAIN_LOSSLESS_FILE, shared_data_file
+from ddpmcodec.images import from_tiles
+from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.network.model_io import load_model
+
+
+def chain_end(model, pixels: np.ndarray, settings: CodecSettings) -> dict[str, np.ndarray]:
+    """One lossless encode; the x_0 layer's inputs: x_t (3, H, W) float32, rows (3, H, W) int64, pixels uint8."""
+    seen = {}
+    original = progressive._push_x0_layer
+
+    def record(coder, model_, h, choice, pixels_, x0_hat, x_t):
+        seen["x_t"] = from_tiles(x_t, h.height, h.width).permute(2, 0, 1).float().numpy()
+        seen["rows"] = pixelmodel.mean_rows(x0_hat, h.height, h.width).transpose(2, 0, 1)
+        return original(coder, model_, h, choice, pixels_, x0_hat, x_t)
+
+    with mock.patch.object(progressive, "_push_x0_layer", record):
+        encode(pixels, model, settings)
+    return {"x_t": seen["x_t"], "rows": np.ascontiguousarray(seen["rows"]),
+            "pixels": np.ascontiguousarray(pixels.transpose(2, 0, 1))}
+
+
+def chunk_path(cache: Path, model, t_end: int, first: int) -> Path:
+    return cache / f"chain_{model.identity[:12]}_t{t_end}_{first:05d}.npz"
+
+
+def make_chunks(model, images: np.ndarray, first: int, count: int, chunk: int, cache: Path) -> None:
+    """Encode images first..first+count-1 (chunk-aligned) and save each chunk that is not cached yet."""
+    t_end = default_t_end(model)
+    settings = CodecSettings()
+    for lo in range(first, first + count, chunk):
+        path = chunk_path(cache, model, t_end, lo)
+        if path.exists():
+            continue
+        start = time.perf_counter()
+        rows = [chain_end(model, images[i], settings) for i in range(lo, min(lo + chunk, len(images)))]
+        parts = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **parts)
+        os.replace(tmp, path)
+        print(f"{path.name}: {len(rows)} images, {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def load_chunks(model, first: int, end: int, cache: Path, chunk: int = 25) -> dict[str, np.ndarray] | None:
+    """The cached chunks inside [first, end), concatenated (None if there are none)."""
+    t_end = default_t_end(model)
+    found = [np.load(p) for lo in range(first, end, chunk) if (p := chunk_path(cache, model, t_end, lo)).exists()]
+    if not found:
+        return None
+    return {k: np.concatenate([f[k] for f in found]) for k in found[0].files}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--first", type=int, default=0, help="first training original")
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--chunk", type=int, default=25)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.first % args.chunk:
+        raise SystemExit("--first must be a multiple of --chunk")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    images = np.load(shared_data_file(TRAIN_LOSSLESS_FILE))["images"]
+    make_chunks(model, images, args.first, args.count, args.chunk, args.cache)
+
+
+if __name__ == "__main__":
+    main()
