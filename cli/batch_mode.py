@@ -27,13 +27,18 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def ray_option(f):
+    """--ray ADDRESS (None: run here); shared by the commands that can run as Ray tasks."""
+    return click.option("--ray", metavar="ADDRESS", default=None,
+                        help="Run on Ray: auto (a running cluster), local (start one here) or an address; "
+                             'needs pip install "ddpmcodec[cluster]".')(f)
+
+
 def batch_options(f):
     """--workers / --ray / --ray-batch: how encode and decode code several inputs."""
     f = click.option("--ray-batch", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Images per Ray task.")(f)
-    f = click.option("--ray", metavar="ADDRESS", default=None,
-                     help="Run on Ray: auto (a running cluster), local (start one here) or an address; "
-                          'needs pip install "ddpmcodec[cluster]".')(f)
+    f = ray_option(f)
     f = click.option("--workers", type=click.IntRange(min=1), default=_cores(),
                      help="Worker processes (one torch thread each) for several inputs [number of cores].")(f)
     return f

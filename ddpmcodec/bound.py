@@ -96,11 +96,13 @@ def pair_noise(seed: int, image: int, slot: int, shape: tuple[int, ...]) -> torc
 
 def evaluate_pairs(eps_fn: EpsFn, sched: Schedule, x0_all: torch.Tensor, image: np.ndarray, t: np.ndarray,
                    slot: np.ndarray, *, seed: int = 0, batch_size: int = 64, device: str | torch.device = "cpu",
-                   progress: bool = False) -> dict[str, np.ndarray]:
+                   progress: bool = False, first_image: int = 0) -> dict[str, np.ndarray]:
     """Evaluate :func:`pair_terms` for P (image, t) pairs, batching several images and timesteps per network call.
 
-    x0_all: (N, C, H, W) float32 in [-1, 1] (exact pixel levels); image, t, slot: (P,) int arrays (slot keys the
-    noise, so duplicates of t stay independent). Returns float64 numpy arrays (P,) keyed by :data:`TERM_KEYS`.
+    x0_all: (N, C, H, W) float32 in [-1, 1] (exact pixel levels), the images first_image.. of the run; image, t,
+    slot: (P,) int arrays, image the run's image index (it and slot key the noise, so duplicates of t stay
+    independent). Pairs are evaluated in network batches of batch_size, pairs 0.., batch_size.., ... Returns
+    float64 numpy arrays (P,) keyed by :data:`TERM_KEYS`.
     """
     device = torch.device(device)
     tab = {k: torch.as_tensor(v, dtype=torch.float64, device=device) for k, v in term_tables(sched).items()}
@@ -110,7 +112,7 @@ def evaluate_pairs(eps_fn: EpsFn, sched: Schedule, x0_all: torch.Tensor, image: 
     with tqdm(total=len(t), disable=not progress, unit="eval", desc="bound", dynamic_ncols=True) as bar:
         for start in range(0, len(t), batch_size):
             sl = slice(start, start + batch_size)
-            idx = torch.as_tensor(image[sl], dtype=torch.long, device=device)
+            idx = torch.as_tensor(image[sl] - first_image, dtype=torch.long, device=device)
             tt = torch.as_tensor(t[sl], dtype=torch.long, device=device)
             noise = torch.stack([pair_noise(seed, int(i), int(s), shape) for i, s in zip(image[sl], slot[sl])])
             noise = noise.to(device)
@@ -236,8 +238,12 @@ class BoundResult:
 
 def variational_bound(eps_fn: EpsFn, sched: Schedule, images: np.ndarray, *, t_samples: int | None = None,
                       t_sampling: str = "importance", seed: int = 0, batch_size: int = 64,
-                      device: str | torch.device = "cpu", progress: bool = False) -> BoundResult:
-    """The bound of uint8 images (N, H, W, C) under ``eps_fn``; exact over all t, or Monte-Carlo with K = t_samples."""
+                      device: str | torch.device = "cpu", progress: bool = False,
+                      pair_runner: Callable | None = None) -> BoundResult:
+    """The bound of uint8 images (N, H, W, C) under ``eps_fn``; exact over all t, or Monte-Carlo with K = t_samples.
+
+    pair_runner: what evaluates the pair list, called as :func:`evaluate_pairs` (the default, in this process);
+    ddpmcodec.batch.ray_bound.ray_pair_runner runs it as Ray tasks."""
     images = np.asarray(images)
     n, T = len(images), sched.T
     if n == 0:
@@ -256,8 +262,8 @@ def variational_bound(eps_fn: EpsFn, sched: Schedule, images: np.ndarray, *, t_s
         img = np.repeat(np.arange(n), t_samples + 1)
         ts = np.concatenate([np.ones((n, 1), dtype=np.int64), drawn], axis=1).reshape(-1)
         slot = np.tile(np.arange(t_samples + 1), n) + T + 1  # distinct from the exact mode's slots
-    res = evaluate_pairs(eps_fn, sched, x0_all, img, ts, slot, seed=seed, batch_size=batch_size, device=device,
-                         progress=progress)
+    res = (pair_runner or evaluate_pairs)(eps_fn, sched, x0_all, img, ts, slot, seed=seed, batch_size=batch_size,
+                                          device=device, progress=progress)
     per_t, count = {}, np.bincount(ts - 1, minlength=T).astype(float)
     for k, v in res.items():
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -375,10 +381,12 @@ def plot_bound(result: BoundResult, path: str | Path) -> Path:
 
 def run_bound(model_spec: str = "default", *, images: str | Path | None = None, limit: int | None = None,
               out_dir: str | Path | None = None, device: str = "cpu", allow_pickle: bool = False,
-              **kwargs) -> tuple[BoundResult, list[Path]]:
+              ray: str | None = None, ray_batches: int = 16, **kwargs) -> tuple[BoundResult, list[Path]]:
     """Load a model and images (default: the dev set), compute the bound, write JSON + PNG into ``out_dir``.
 
     kwargs go to :func:`variational_bound` (t_samples, t_sampling, seed, batch_size, progress) and ``precision``.
+    ray: None (this process) or a Ray address ('auto', 'local', host:port): tasks of ray_batches network batches
+    each, the same numbers as a local run with one torch thread (ddpmcodec.batch.ray_bound).
     Returns the result and the written paths; print :func:`format_report` of ``result.summary()`` to show it.
     """
     import json
@@ -389,6 +397,12 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda requested but CUDA is not available")
+    if ray is not None:
+        from ddpmcodec.batch.ray_bound import ray_pair_runner
+        from ddpmcodec.batch.ray_map import ModelRef
+
+        kwargs["pair_runner"] = ray_pair_runner(ModelRef.of(model_spec, device, allow_pickle), ray,
+                                                precision=kwargs.get("precision", "fp32"), batches_per_task=ray_batches)
     model = load_model(model_spec, device=device, allow_pickle=allow_pickle)
     data = load_dev_set(limit) if images is None else load_images(images, limit=limit)
     start = time.perf_counter()

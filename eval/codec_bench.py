@@ -3,11 +3,16 @@ bpp, lossless bits/dim, encode/decode time and the share of time outside the U-N
 
     python -m eval.codec_bench --limit 500 --out eval/out/codec            # the README numbers
     python -m eval.codec_bench --limit 8 --steps 50 --budget 6              # a quick variant
+    python -m eval.codec_bench --limit 500 --ray auto --out eval/out/codec  # as Ray tasks of --ray-batch images
 
 Ideal and coded come from the same encoder run: 'ideal' is the exact KL of every coded step along the chain the
 encoder actually sampled (plus the x_0 layer's code length), 'coded' is the size of the real file that stops there
 (what `truncate` writes: header, payload and coder termination), 'stream' the bits the steps occupy on the rANS
 stack (the channel simulation's cost without the container's fixed bytes).
+
+With --ray, tasks of --ray-batch images each run bench() (one torch thread); each task's result is cached atomically
+under <--out>/chunks/ as it arrives, so a rerun runs only the missing tasks, and merge() writes the same files as a
+local run (the same per-image sizes and PSNR; timings differ).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +31,14 @@ from tqdm import tqdm
 from ddpmcodec.codec.progressive import CodecSettings, default_t_end, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.data import load_dev_set, load_images
+from ddpmcodec.errors import CodecError, InputError
 from ddpmcodec.network.model_io import load_model
 
 
 def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: float = 0.36, decode_every: int = 1,
-          progress: bool = True) -> dict:
+          progress: bool = True, first: int = 0) -> dict:
+    """Encode each image (uint8 (N, H, W, 3)); decode, verify and time run image first + i when it is a multiple of
+    decode_every (0: never). Returns per-step means (bits/dim, dB), per-image rows and their summary."""
     n, h, w, _ = images.shape
     dims = h * w * 3
     per_image, rows = [], None
@@ -40,7 +49,7 @@ def bench(model, images: np.ndarray, settings: CodecSettings, *, target_bpp: flo
         stream = np.array([s.stream_bits for s in res.steps], dtype=np.float64)
         psnrs = np.array([s.psnr for s in res.steps])
         dec_s = float("nan")
-        if decode_every and i % decode_every == 0:
+        if decode_every and (first + i) % decode_every == 0:
             start = time.perf_counter()
             out = list(decode_progressive(res.data, model, every_step=False))
             dec_s = time.perf_counter() - start
@@ -115,6 +124,32 @@ def merge(results: list[dict]) -> dict:
     return out
 
 
+def bench_task(ref, images: np.ndarray, settings: CodecSettings, target_bpp: float, decode_every: int,
+               first: int) -> dict:
+    """One Ray task of :func:`bench_ray`: bench() of a batch of images with the model a ModelRef names."""
+    return bench(ref.load(), images, settings, target_bpp=target_bpp, decode_every=decode_every, progress=False,
+                 first=first)
+
+
+def bench_ray(ref, model, images: np.ndarray, settings: CodecSettings, *, address: str, out: str | Path,
+              batch: int = 8, target_bpp: float = 0.36, decode_every: int = 1, progress: bool = True) -> dict:
+    """:func:`bench` of the images as Ray tasks of `batch` images, merged with :func:`merge`. Each part is cached
+    under out/chunks, keyed by model and x_0 layer identity, pixels, settings, format version, target bpp and which
+    images are decoded; a failed task ends the run with one InputError line after the others are cached."""
+    from ddpmcodec.container import header as container
+    from eval.report.cache import Cache, image_digest
+
+    spans = [(a, min(a + batch, len(images))) for a in range(0, len(images), batch)]
+    keys = [{"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
+             "settings": asdict(settings), "format": container.VERSION, "target_bpp": target_bpp,
+             "decode_every": decode_every, "decode_phase": a % decode_every if decode_every else 0} for a, b in spans]
+    calls = [(images[a:b], settings, target_bpp, decode_every, a) for a, b in spans]
+    with tqdm(total=len(images), disable=not progress, desc="codec (Ray)", unit="img") as bar:
+        parts = Cache(Path(out) / "chunks").parts("bench", keys, bench_task, calls, None, ray=address, ref=ref,
+                                                  bar=bar, sizes=[b - a for a, b in spans])
+    return merge(parts)
+
+
 def format_table(r: dict) -> str:
     lines = [f"{r['n_images']} images, settings {r['settings']}",
              f"lossless: {r['lossless_bpd']:.3f} bits/dim (ideal {r['ideal_total_bpd']:.3f}; coded/ideal "
@@ -159,6 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-every", type=int, default=1, help="time/verify decoding of every k-th image (0: off)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--ray", metavar="ADDRESS", default=None,
+                    help='run as Ray tasks: auto, local or an address (pip install "ddpmcodec[cluster]")')
+    ap.add_argument("--ray-batch", type=int, default=8, help="images per Ray task")
     ap.add_argument("--out", default="eval/out/codec")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine finished runs (disjoint images) and exit")
     args = ap.parse_args(argv)
@@ -176,7 +214,22 @@ def main(argv=None) -> int:
     images = images[args.offset: args.offset + args.limit]
     model = load_model(args.model, device=args.device)
     settings = settings_from_args(args, model)
-    r = bench(model, images, settings, target_bpp=args.target_bpp, decode_every=args.decode_every)
+    if args.ray is None:
+        r = bench(model, images, settings, target_bpp=args.target_bpp, decode_every=args.decode_every)
+    else:
+        from ddpmcodec.batch.ray_map import ModelRef
+        from ddpmcodec.batch.ray_tasks import connect
+
+        try:
+            if args.ray_batch < 1:
+                raise InputError(f"--ray-batch must be at least 1, got {args.ray_batch}")
+            connect(args.ray)
+            r = bench_ray(ModelRef.of(args.model, args.device), model, images, settings, address=args.ray,
+                          out=args.out, batch=args.ray_batch, target_bpp=args.target_bpp,
+                          decode_every=args.decode_every)
+        except CodecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     r["model"], r["command"] = args.model, "python -m eval.codec_bench " + " ".join(
         sys.argv[1:] if argv is None else argv)
     out = Path(args.out)

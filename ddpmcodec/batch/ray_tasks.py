@@ -84,14 +84,20 @@ def code_batch(job, items: list[batch.Item], crash_marker: str | None = None) ->
             except Exception:  # noqa: BLE001 - unreadable: code it again
                 pass
         results.append(batch_workers.worker_code(job, item))
-        if crash_marker and k == 0:
-            try:
-                os.close(os.open(crash_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                pass
-            else:
-                os._exit(1)  # the worker process dies mid-task, as if killed
+        if k == 0:
+            crash_once(crash_marker)
     return results
+
+
+def crash_once(crash_marker: str | None) -> None:
+    """Test hook (CRASH_MARKER_ENV): the first task to create the marker file exits here, as if killed."""
+    if crash_marker:
+        try:
+            os.close(os.open(crash_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
+            os._exit(1)  # the worker process dies mid-task
 
 
 def run_ray(job, items: list[batch.Item], *, address: str, batch_size: int = 8, max_retries: int = 3,
@@ -103,30 +109,26 @@ def run_ray(job, items: list[batch.Item], *, address: str, batch_size: int = 8, 
     ray = connect(address)
     if not items:
         return [], 0
+    from ddpmcodec.batch.ray_map import TaskFailed, map_tasks
+
     total = len(items) + done_before if total is None else total
-    task = ray.remote(num_cpus=1, max_retries=max_retries)(code_batch)
     marker = os.environ.get(CRASH_MARKER_ENV)
     groups = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
-    pending = {task.remote(job, [items[j] for j in g], marker): g for g in groups}
     results: list[batch.ItemResult | None] = [None] * len(items)
     finished = done_before
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                group = pending.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - retries exhausted (worker died again, node lost...)
-                    reason = f"Ray task failed after {max_retries} retries: {one_line(exc)}"
-                    out = [batch.ItemResult(items[j].source, items[j].output, "failed", reason) for j in group]
-                for j, res in zip(group, out):
-                    results[j] = res
-                finished += len(group)
-                if progress:
-                    progress(finished, total)
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+
+    def keep(g: int, out) -> None:
+        nonlocal finished
+        if isinstance(out, TaskFailed):
+            reason = f"Ray task failed after {max_retries} retries: {out.reason}"
+            out = [batch.ItemResult(items[j].source, items[j].output, "failed", reason) for j in groups[g]]
+        for j, res in zip(groups[g], out):
+            results[j] = res
+        finished += len(groups[g])
+        if progress:
+            progress(finished, total)
+
+    map_tasks(code_batch, [(job, [items[j] for j in g], marker) for g in groups], address=address,
+              max_retries=max_retries, on_result=keep)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return results, max(1, min(cpus, len(groups)))

@@ -3,6 +3,7 @@
 Each entry is one JSON (or npz) file named ``<kind>-<key>.<ext>`` under the cache folder, where ``key`` is a SHA-256
 prefix of everything the result depends on: the part's kind, the model identity, the settings, a digest of the exact
 image pixels and a code version. Changing any of them misses the cache; re-running with the same inputs only reads.
+:meth:`Cache.parts` fills in the missing parts of a list of chunks, here or as Ray tasks (also used by codec_bench).
 """
 from __future__ import annotations
 
@@ -72,6 +73,39 @@ class Cache:
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         self._write(self.path(kind, inputs, "npz"), buf.getvalue())
+
+    def parts(self, kind: str, keys: list[dict], fn, calls: list[tuple], model, *, ray: str | None = None,
+              ref=None, bar=None, sizes: list[int] | None = None, local_kw: dict | None = None) -> list:
+        """The JSON part of each chunk (keys[j], calls[j]): read from the cache, else computed as
+        fn(model, *calls[j], **local_kw) here or, with ray (an address), fn(ref, *calls[j]) as Ray tasks
+        (ddpmcodec.batch.ray_map; ref: a ModelRef). Each computed part is written as it arrives, so a rerun computes
+        only what is missing; failed tasks end the call with one InputError line after that. bar.update(sizes[j])
+        per part, except for parts computed here with local_kw (a tick that advances the bar itself)."""
+        parts = [self.get_json(kind, k) for k in keys]
+        todo = [j for j, p in enumerate(parts) if p is None]
+        sizes = sizes or [1] * len(keys)
+        if bar is not None:
+            bar.update(sum(n for p, n in zip(parts, sizes) if p is not None))
+
+        def keep(j: int, part) -> None:
+            from ddpmcodec.batch.ray_map import TaskFailed
+
+            if not isinstance(part, TaskFailed):
+                self.put_json(kind, keys[j], part)
+                parts[j] = part
+            if bar is not None and not (local_kw and ray is None):
+                bar.update(sizes[j])
+
+        if ray is None:
+            for j in todo:
+                keep(j, fn(model, *calls[j], **(local_kw or {})))
+        elif todo:
+            from ddpmcodec.batch.ray_map import check_failures, map_tasks
+
+            check_failures(map_tasks(fn, [(ref, *calls[j]) for j in todo], address=ray,
+                                     num_gpus=getattr(ref, "gpus", 0),
+                                     on_result=lambda i, part: keep(todo[i], part)))
+        return parts
 
     def _write(self, path: Path, data: bytes) -> None:
         """Atomic write (temporary file + rename): an interrupted run never leaves a half entry."""

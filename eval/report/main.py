@@ -79,6 +79,13 @@ def run(args, command: str) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    ray, ref = getattr(args, "ray", None), None
+    if ray is not None:  # no Ray or no cluster: one error line before any work
+        from ddpmcodec.batch.ray_map import ModelRef
+        from ddpmcodec.batch.ray_tasks import connect
+
+        connect(ray)
+        ref = ModelRef.of(args.model, device)
     model = load_model(args.model, device=device)
     n_need = max(args.limit, args.bound_limit, args.strip_images, args.split_limit)
     data = load_dev_set() if args.images is None else load_images(args.images)
@@ -102,13 +109,14 @@ def run(args, command: str) -> dict:
         log(f"[1/5] exact bound on {len(bound_images)} images")
         batch = args.bound_batch or (1024 if device.startswith("cuda") else 64)
         result, stage["bound"] = rm.bound_exact(model, bound_images, args.offset, cache, seed=args.bound_seed,
-                                                batch_size=batch, progress=progress)
+                                                batch_size=batch, progress=progress, ray=ray, ref=ref)
         ideal = rm.ideal_curve(result)
         s["bound_summary"] = result.summary()
         s["table4_ours"] = result.table4()
         ideal["msssim_t"] = rw.ideal_points(model.diffusion.T)
         ideal["ms_ssim"] = rm.ideal_msssim(model, bound_images, args.offset, ideal["msssim_t"], cache,
-                                           seed=args.bound_seed, batch_size=batch, progress=progress)
+                                           seed=args.bound_seed, batch_size=batch, progress=progress, ray=ray,
+                                           ref=ref)
     s["ideal"] = ideal
     split_images = data[:args.split_limit]
     s["n_split"] = len(split_images)
@@ -117,13 +125,14 @@ def run(args, command: str) -> dict:
         batch = args.bound_batch or (1024 if device.startswith("cuda") else 64)
         split, stage["split"] = rm.bound_exact(model, split_images, args.offset, cache, seed=args.bound_seed,
                                                batch_size=batch, t_samples=args.split_t_samples, chunk=50,
-                                               progress=progress)
+                                               progress=progress, ray=ray, ref=ref)
         s["split_summary"] = split.summary()
 
     coded = None
     if len(images):
         log(f"[2/5] progressive codec on {len(images)} images")
-        per_image = rm.coded_per_image(model, images, args.offset, settings, cache, progress=progress)
+        per_image = rm.coded_per_image(model, images, args.offset, settings, cache, progress=progress, ray=ray,
+                                       ref=ref)
         coded = rm.coded_curve(per_image, int(images[0].size))
         stage["codec"] = float(np.nansum([p["encode_s"] + p["decode_s"] for p in per_image]))
     s["coded"] = coded

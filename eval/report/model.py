@@ -1,7 +1,10 @@
 """The report's DDPM parts: the exact bound (ideal curve), the progressive codec (coded curve), strip frames.
 
 All three are computed in chunks of images and cached (see eval/report/cache.py), so an interrupted run resumes and
-a second run only reads. Units: rates in bits/dim (bpd); bpp = 3 * bpd for RGB; PSNR in dB on 0..255.
+a second run only reads. With ``ray`` (an address) and ``ref`` (the model as a ModelRef), the bound, ideal MS-SSIM and
+codec chunks that are not cached yet run as Ray tasks (the same chunk functions, seeds and inputs as a local run),
+each part cached by this process as it arrives. Units: rates in bits/dim (bpd); bpp = 3 * bpd for RGB; PSNR in dB on
+0..255.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ddpmcodec.batch.ray_map import ModelRef
 from ddpmcodec.container import header as container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
 from ddpmcodec.codec.progressive import CodecSettings, encode
@@ -34,39 +38,42 @@ def _arr(a) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in a], dtype=np.float64)
 
 
+def _model(model):
+    """A loaded model as given, or the model a ModelRef names (loaded once per process)."""
+    return model.load() if isinstance(model, ModelRef) else model
+
+
 # ---- the ideal curve: the exact bound, all T timesteps -----------------------------------------------------------
+def bound_chunk(model, images: np.ndarray, seed: int, t_samples: int | None, batch_size: int) -> dict:
+    """One cached part of :func:`bound_exact`: the bound of a chunk of images as JSON data (model or ModelRef)."""
+    start = time.perf_counter()
+    res = model_bound(_model(model), images, t_samples=t_samples, seed=seed, batch_size=batch_size, progress=False)
+    return {"T": res.T, "prior": res.prior.tolist(), "rate": res.rate.tolist(), "rate_clip": res.rate_clip.tolist(),
+            "distortion": res.distortion.tolist(), "mse_t1_clip": res.mse_t1_clip.tolist(),
+            "count": res.per_t_count.tolist(), "mc_var": None if res.mc_var is None else res.mc_var.tolist(),
+            "per_t": {k: _clean(v) for k, v in res.per_t.items()}, "seconds": time.perf_counter() - start}
+
+
 def bound_exact(model, images: np.ndarray, offset: int, cache: Cache, *, chunk: int = 4, seed: int = 0,
-                batch_size: int = 64, t_samples: int | None = None,
-                progress: bool = False) -> tuple[BoundResult, float]:
+                batch_size: int = 64, t_samples: int | None = None, progress: bool = False,
+                ray: str | None = None, ref: ModelRef | None = None) -> tuple[BoundResult, float]:
     """The bound of ``images`` (the dataset's images offset..offset+N-1), merged over cached chunks of images.
 
     Exact (every t) by default; ``t_samples=K`` gives the unbiased Monte-Carlo estimate with K importance-sampled t
     per image (exact decoder term). Chunk noise uses seed + the dataset index of the chunk's first image, so chunks
-    draw independent noise. Returns (result, compute seconds summed over chunks, including cached ones).
+    draw independent noise. ray, ref: missing chunks as Ray tasks (module doc). Returns (result, compute seconds
+    summed over chunks, including cached ones).
     """
-    parts, seconds = [], 0.0
     mode = "exact" if t_samples is None else f"mc{t_samples}"
-    bar = tqdm(total=len(images), desc=f"bound ({'exact, all t' if t_samples is None else f'{t_samples} t/image'})",
-               unit="img", disable=not progress)
-    for a, b in _chunks(len(images), chunk):
-        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "seed": seed + offset + a,
-                  "mode": mode}
-        part = cache.get_json("bound", inputs)
-        if part is None:
-            start = time.perf_counter()
-            res = model_bound(model, images[a:b], t_samples=t_samples, seed=seed + offset + a, batch_size=batch_size,
-                              progress=False)
-            part = {"T": res.T, "prior": res.prior.tolist(), "rate": res.rate.tolist(),
-                    "rate_clip": res.rate_clip.tolist(), "distortion": res.distortion.tolist(),
-                    "mse_t1_clip": res.mse_t1_clip.tolist(), "count": res.per_t_count.tolist(),
-                    "mc_var": None if res.mc_var is None else res.mc_var.tolist(),
-                    "per_t": {k: _clean(v) for k, v in res.per_t.items()}, "seconds": time.perf_counter() - start}
-            cache.put_json("bound", inputs, part)
-        parts.append(part)
-        seconds += part["seconds"]
-        bar.update(b - a)
-    bar.close()
-    return merge_bounds(parts, seed, t_samples), seconds
+    spans = list(_chunks(len(images), chunk))
+    keys = [{"model": model.identity, "images": image_digest(images[a:b]), "seed": seed + offset + a, "mode": mode}
+            for a, b in spans]
+    calls = [(images[a:b], seed + offset + a, t_samples, batch_size) for a, b in spans]
+    with tqdm(total=len(images), desc=f"bound ({'exact, all t' if t_samples is None else f'{t_samples} t/image'})",
+              unit="img", disable=not progress) as bar:
+        parts = cache.parts("bound", keys, bound_chunk, calls, model, ray=ray, ref=ref, bar=bar,
+                            sizes=[b - a for a, b in spans])
+    return merge_bounds(parts, seed, t_samples), float(sum(p["seconds"] for p in parts))
 
 
 def merge_bounds(parts: list[dict], seed: int = 0, t_samples: int | None = None) -> BoundResult:
@@ -122,30 +129,36 @@ def bound_x0_hat(model, images: np.ndarray, ts: list[int], *, seed: int, batch_s
     return torch.cat(out).view(len(images), len(ts), *shape)
 
 
+def msssim_chunk(model, images: np.ndarray, ts: list[int], seed: int, batch_size: int) -> dict:
+    """One cached part of :func:`ideal_msssim`: {"sum": MS-SSIM summed over the chunk's images, per t}."""
+    x0_hat = bound_x0_hat(_model(model), images, ts, seed=seed, batch_size=batch_size)
+    dec = ((x0_hat + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    dec = dec.permute(0, 1, 3, 4, 2).numpy().reshape(-1, *images.shape[1:])
+    vals = classic.msssim_per_image(dec, np.repeat(images, len(ts), axis=0))
+    return {"sum": vals.reshape(len(images), len(ts)).sum(0).tolist()}
+
+
 def ideal_msssim(model, images: np.ndarray, offset: int, ts: list[int], cache: Cache, *, chunk: int = 4,
-                 seed: int = 0, batch_size: int = 64, progress: bool = False) -> list[float] | None:
+                 seed: int = 0, batch_size: int = 64, progress: bool = False, ray: str | None = None,
+                 ref: ModelRef | None = None) -> list[float] | None:
     """Mean MS-SSIM over images of x^_0 (clipped, rounded to uint8) at each 1-based t in ``ts``, from the very
     x_t ~ q(x_t|x_0) that :func:`bound_exact` (exact mode, same chunk and seed) draws (:func:`bound_x0_hat`), so it
     belongs to the same reconstructions whose pooled MSE gives the ideal curve's PSNR. MS-SSIM as the classic
-    codecs' (:data:`classic.MSSSIM_OPTIONS`). None when MS-SSIM is unavailable (torchmetrics missing, < 32 px)."""
+    codecs' (:data:`classic.MSSSIM_OPTIONS`). None when MS-SSIM is unavailable (torchmetrics missing, < 32 px).
+    ray, ref: missing chunks as Ray tasks (module doc)."""
     if not len(images) or not classic.msssim_available() or min(images.shape[1:3]) < 32:
         return None
+    ts = list(map(int, ts))
+    spans = list(_chunks(len(images), chunk))
+    keys = [{"model": model.identity, "images": image_digest(images[a:b]), "seed": seed + offset + a, "ts": ts,
+             "msssim": classic.MSSSIM_OPTIONS} for a, b in spans]
+    calls = [(images[a:b], ts, seed + offset + a, batch_size) for a, b in spans]
+    with tqdm(total=len(images), desc=f"ideal MS-SSIM ({len(ts)} t)", unit="img", disable=not progress) as bar:
+        parts = cache.parts("ideal_msssim", keys, msssim_chunk, calls, model, ray=ray, ref=ref, bar=bar,
+                            sizes=[b - a for a, b in spans])
     sums = np.zeros(len(ts))
-    bar = tqdm(total=len(images), desc=f"ideal MS-SSIM ({len(ts)} t)", unit="img", disable=not progress)
-    for a, b in _chunks(len(images), chunk):
-        inputs = {"model": model.identity, "images": image_digest(images[a:b]), "seed": seed + offset + a,
-                  "ts": list(map(int, ts)), "msssim": classic.MSSSIM_OPTIONS}
-        part = cache.get_json("ideal_msssim", inputs)
-        if part is None:
-            x0_hat = bound_x0_hat(model, images[a:b], ts, seed=seed + offset + a, batch_size=batch_size)
-            dec = ((x0_hat + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            dec = dec.permute(0, 1, 3, 4, 2).numpy().reshape(-1, *images.shape[1:])
-            vals = classic.msssim_per_image(dec, np.repeat(images[a:b], len(ts), axis=0))
-            part = {"sum": vals.reshape(b - a, len(ts)).sum(0).tolist()}
-            cache.put_json("ideal_msssim", inputs, part)
+    for part in parts:
         sums += np.asarray(part["sum"])
-        bar.update(b - a)
-    bar.close()
     return (sums / len(images)).tolist()
 
 
@@ -175,32 +188,34 @@ def coded_image(model, pixels: np.ndarray, settings: CodecSettings) -> dict:
             "encode_s": res.seconds, "decode_s": dec_s, "unet_s": res.unet_seconds}
 
 
+def coded_chunk(model, images: np.ndarray, first_index: int, settings: CodecSettings, tick=None) -> list[dict]:
+    """One cached part of :func:`coded_per_image`: :func:`coded_image` of each image (model or ModelRef), with
+    "index" from first_index; tick() after each image."""
+    model, part = _model(model), []
+    for i, im in enumerate(images):
+        part.append({"index": first_index + i, **coded_image(model, im, settings)})
+        if tick:
+            tick()
+    return part
+
+
 def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSettings, cache: Cache, *,
-                    chunk: int = 10, progress: bool = False) -> list[dict]:
+                    chunk: int = 10, progress: bool = False, ray: str | None = None,
+                    ref: ModelRef | None = None) -> list[dict]:
     """:func:`coded_image` on each image (lossless round trip verified), cached per chunk of images.
 
     Each dict: index, t, ideal_bpd, coded_bpd, psnr_db, ms_ssim, bytes (lossless file), header_bytes (the file
-    with no steps), encode_s, decode_s (every stop point decoded), unet_s.
+    with no steps), encode_s, decode_s (every stop point decoded), unet_s. ray, ref: missing chunks as Ray tasks.
     """
-    out = []
-    bar = tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress)
-    for a, b in _chunks(len(images), chunk):
-        inputs = {"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
-                  "settings": asdict(settings),
-                  "format": container.VERSION,  # file sizes depend on the container format
-                  "msssim": classic.MSSSIM_OPTIONS if classic.msssim_available() else None}
-        part = cache.get_json("coded", inputs)
-        if part is None:
-            part = []
-            for i in range(a, b):
-                part.append({"index": offset + i, **coded_image(model, images[i], settings)})
-                bar.update(1)
-            cache.put_json("coded", inputs, part)
-        else:
-            bar.update(b - a)
-        out.extend(part)
-    bar.close()
-    return out
+    spans = list(_chunks(len(images), chunk))
+    keys = [{"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
+             "settings": asdict(settings), "format": container.VERSION,  # file sizes depend on the container format
+             "msssim": classic.MSSSIM_OPTIONS if classic.msssim_available() else None} for a, b in spans]
+    calls = [(images[a:b], offset + a, settings) for a, b in spans]
+    with tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress) as bar:
+        parts = cache.parts("coded", keys, coded_chunk, calls, model, ray=ray, ref=ref, bar=bar,
+                            sizes=[b - a for a, b in spans], local_kw={"tick": lambda: bar.update(1)})
+    return [p for part in parts for p in part]
 
 
 def coded_curve(per_image: list[dict], dims_per_image: int) -> dict:

@@ -27,7 +27,9 @@ HELP = f"""{SUMMARY}
 `ddpmcodec report` takes the same options. Writes into --out (default docs/report): README.md, fig5.png, rd.png,
 strip.png, results/*.json (CompressAI style, each with bpp, psnr-rgb and ms-ssim-rgb), lossless.json, summary.json.
 Expensive parts (bound, codec runs, classic sweeps, strip) are cached under --cache (default eval/out/cache), keyed by
-model identity, settings and the exact pixels, so a re-run only redraws.
+model identity, settings and the exact pixels, so a re-run only redraws. --ray runs the missing bound and codec chunks
+as Ray tasks (one torch thread each: the numbers of a local run with --threads 1); a rerun computes only what is
+still missing.
 """
 
 _N = click.IntRange(min=0)
@@ -66,6 +68,9 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                 help="Results of eval.bitsback_bench, if run.")),
     (("--device",), dict(default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")),
     (("--threads",), dict(type=_P, default=None, help="Torch CPU threads (default: torch's choice).")),
+    (("--ray",), dict(default=None, metavar="ADDRESS",
+                      help="Compute the uncached bound, ideal MS-SSIM and codec chunks as Ray tasks: auto, local or "
+                           'an address (pip install "ddpmcodec[cluster]").')),
     (("--out",), dict(default="docs/report", show_default=True, help="Output folder.")),
     (("--cache",), dict(default="eval/out/cache", show_default=True, help="Cache folder.")),
     (("--no-cache",), dict(is_flag=True, help="Recompute everything (results still written to the cache).")),
