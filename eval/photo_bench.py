@@ -3,22 +3,27 @@
     python -m eval.photo_bench --size 512 --threads 2 --out eval/out/photo_bench.json
     python -m eval.photo_bench --size 128                                       # a quick look (16 tiles)
 
-Reports wall seconds of encode and decode, the U-Net's share of each (the rest is the PFR search, entropy coding
-and the x_0 layer), bits/dim, and checks the decode bit-exact. The photo ships with matplotlib, so this needs no
+Reports wall seconds of encode and decode, the shares of each spent in the U-Net, the PFR search and the learned x_0
+layer (the rest: entropy coding, schedule, priors and container), bits/dim, and checks the decode bit-exact. The photo ships with matplotlib, so this needs no
 ../shared data.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
+from ddpmcodec.channel import pfr as channel
 from ddpmcodec.codec import progressive
+from ddpmcodec.entropy.x0net import coding as learned_x0
 from ddpmcodec.codec.progressive import CodecSettings, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.network.model_io import load_model
@@ -39,6 +44,35 @@ def photo(size: int) -> np.ndarray:
     return np.ascontiguousarray(arr[top: top + size, left: left + size])
 
 
+# (part, owner, attribute): the encoder's learned layer runs in prepare(), the decoder's in pop()
+PARTS = [("unet", progressive._Chain, "eps"), ("search", channel, "pfr_select"), ("x0_layer", learned_x0, "prepare"),
+         ("x0_layer", learned_x0, "pop")]
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], side: str):
+    """Wall time of the block (seconds[side + ':total']) and of the codec parts it calls (seconds[side + ':' + part],
+    :data:`PARTS`: U-Net, PFR search, the learned x_0 layer (encode: prepare, decode: pop));
+    the rest is schedule, prior, entropy coding and container work."""
+    def wrap(name, fn):
+        @functools.wraps(fn)
+        def run(*a, **kw):
+            begin = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                key = f"{side}:{name}"
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - begin
+        return run
+
+    with contextlib.ExitStack() as stack:
+        for name, owner, attr in PARTS:
+            stack.enter_context(mock.patch.object(owner, attr, wrap(name, getattr(owner, attr))))
+        begin = time.perf_counter()
+        yield
+        seconds[f"{side}:total"] = time.perf_counter() - begin
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.photo_bench", description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=512)
@@ -49,30 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     pixels = photo(args.size)
-    unet = {"decode": 0.0}
-    original_eps = progressive._Chain.eps
-
-    def timed_eps(self, x, t):  # the decoder's U-Net time (the encoder reports its own)
-        start = time.perf_counter()
-        out = original_eps(self, x, t)
-        unet["decode"] += time.perf_counter() - start
-        return out
-
-    res = encode(pixels, model, CodecSettings())
-    progressive._Chain.eps = timed_eps
-    try:
-        start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    with timed(seconds, "encode"):
+        res = encode(pixels, model, CodecSettings())
+    with timed(seconds, "decode"):
         out = list(decode_progressive(res.data, model, every_step=False))[-1]
-        decode_s = time.perf_counter() - start
-    finally:
-        progressive._Chain.eps = original_eps
     exact = bool(np.array_equal(out.pixels, pixels))
     r = {"command": "python -m eval.photo_bench " + " ".join(sys.argv[1:] if argv is None else argv),
          "size": args.size, "threads": args.threads, "bytes": len(res.data),
-         "bits_per_dim": 8 * len(res.data) / pixels.size, "encode_s": res.seconds,
-         "encode_unet_share": res.unet_seconds / res.seconds, "decode_s": decode_s,
-         "decode_unet_share": unet["decode"] / decode_s, "exact": exact,
-         "windowed": bool(res.header.windowed)}
+         "bits_per_dim": 8 * len(res.data) / pixels.size, "exact": exact, "windowed": bool(res.header.windowed)}
+    for side in ("encode", "decode"):
+        total = seconds[f"{side}:total"]
+        r[f"{side}_s"] = total
+        r[f"{side}_share"] = {name: seconds.get(f"{side}:{name}", 0.0) / total for name, _, _ in PARTS}
+        r[f"{side}_share"]["rest"] = 1.0 - sum(r[f"{side}_share"].values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=1))
     print(json.dumps(r, indent=1))
