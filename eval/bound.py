@@ -3,6 +3,7 @@
     python -m eval.bound                                   # bundled model, 500 dev images, all 1000 t (slow on CPU)
     python -m eval.bound --limit 64 --t-samples 50         # Monte-Carlo over t, exact decoder term
     python -m eval.bound --model path/to/weights.safetensors --device cuda --out eval/out
+    python -m eval.bound --ray auto                        # the pairs as Ray tasks (= a local one-thread run)
 
 Prints rate / distortion / total / RMSE next to the paper's 1.78 / 1.97 / 3.75 / 0.95 and writes a JSON (summary,
 per-t terms, per-t MSE of x^_0, cumulative rate, Table-4 rows) and a PNG plot into --out.
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="network precision on CUDA")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="eval/out", help="output folder for JSON + PNG")
+    ap.add_argument("--ray", metavar="ADDRESS", default=None,
+                    help='(image, t) pairs as Ray tasks: auto, local or an address (pip install "ddpmcodec[cluster]")')
+    ap.add_argument("--ray-batches", type=int, default=16, help="network batches per Ray task")
     ap.add_argument("--allow-pickle", action="store_true", help="allow pickle-based checkpoints (trusted only)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return ap
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, paths = run_bound(
             args.model, images=args.images, limit=args.limit, out_dir=args.out, device=args.device,
-            allow_pickle=args.allow_pickle, t_samples=args.t_samples, t_sampling=args.t_sampling, seed=args.seed,
+            allow_pickle=args.allow_pickle, ray=args.ray, ray_batches=args.ray_batches, t_samples=args.t_samples, t_sampling=args.t_sampling, seed=args.seed,
             batch_size=args.batch_size or (1024 if args.device.startswith("cuda") else 64),
             precision=args.precision, progress=not args.quiet and sys.stderr.isatty())
     except CodecError as exc:

@@ -21,6 +21,7 @@ from ddpmcodec.diffusion import DiffusionConfig
 from ddpmcodec.errors import InputError
 from ddpmcodec.parallel import single_thread
 from ddpmcodec.testing import make_tiny_model
+from eval import bound as eval_bound
 from eval import codec_bench
 from eval.report import main as report
 from eval.report import model as rm
@@ -74,6 +75,9 @@ def test_ray_not_installed_gives_the_install_hint(env, tmp_path, monkeypatch, ca
     assert capsys.readouterr().err == f"error: {HINT}\n"
     assert report.main(["--model", model, "--images", npz, "--limit", "1", "--out", str(tmp_path / "r"),
                         "--ray", "auto", "-q"]) == 1
+    assert capsys.readouterr().err == f"error: {HINT}\n"
+    assert eval_bound.main(["--model", model, "--images", npz, "--out", str(tmp_path / "b"), "--ray", "auto",
+                            "-q"]) == 1
     assert capsys.readouterr().err == f"error: {HINT}\n"
 
 
