@@ -7,11 +7,16 @@ is not distributed as q(x_{t_end} | x_0), and the layer, trained on q's samples,
 docs/x0_layer.md). This runs the real encoder (default settings, one thread) on lossless *training* originals and
 records, per image, what `_push_x0_layer` receives: x_{t_end} (3, H, W) float32, the mean rows of x^_0 (3, H, W)
 int64 and the pixels (3, H, W) uint8 -- the feature format of eval.train_x0_layer. Written in chunks of --chunk
-images (`chain_<model>_t<t_end>_<first>.npz`), so an interrupted run resumes; dev images are never used.
+images (`chain_<model>_t<t_end>_<first>.npz`), so an interrupted run resumes (one run at a time per cache); dev
+images are never used.
+
+    python -m eval.x0_chain_features --first 4500 --count 25 --cache CACHE --compare CACHE/x0feat_..._t10_d0_n5085.npz
+prints how the chain's x_{t_end} and x^_0 differ from q's on the same originals.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -74,6 +79,20 @@ def load_chunks(model, first: int, end: int, cache: Path, chunk: int = 25) -> di
     return {k: np.concatenate([f[k] for f in found]) for k in found[0].files}
 
 
+def compare(model, chain: dict[str, np.ndarray], q: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per source (chain, q): var(x_t - sqrt(ab) x_0) / (1 - ab) at t_end and the RMSE of x^_0 (grey levels)."""
+    from ddpmcodec.diffusion import Schedule
+
+    ab = float(Schedule(model.diffusion).alpha_bar[default_t_end(model)])
+    out = {}
+    for name, d in (("chain", chain), ("q", q)):
+        x0 = d["pixels"].astype(np.float64) / 127.5 - 1.0
+        x0_hat = (d["rows"] / 8.0 - 0.5) / 127.5 - 1.0
+        out[name] = {"residual_var_ratio": float((d["x_t"] - np.sqrt(ab) * x0).var() / (1.0 - ab)),
+                     "x0_hat_rmse": float(np.sqrt(((x0_hat - x0) ** 2).mean()) * 127.5)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -81,12 +100,25 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--cache", type=Path, default=Path("/tmp"))
+    ap.add_argument("--compare", type=Path, default=None, metavar="NPZ",
+                    help="print the cached chain examples' statistics next to these q features (eval.train_x0_layer's "
+                         "x0feat_*.npz) for the same originals, and exit")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.first % args.chunk:
         raise SystemExit("--first must be a multiple of --chunk")
     args.cache.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
+    if args.compare is not None:
+        chain = load_chunks(model, args.first, args.first + args.count, args.cache, args.chunk)
+        if chain is None:
+            raise SystemExit("no cached chain examples in that range")
+        q_all = np.load(args.compare)
+        q = {k: q_all[k][args.first: args.first + len(chain["pixels"])] for k in ("x_t", "rows", "pixels")}
+        if not np.array_equal(q["pixels"], chain["pixels"]):
+            raise SystemExit("--compare holds other images")
+        print(json.dumps(compare(model, chain, q), indent=1))
+        return
     images = np.load(shared_data_file(TRAIN_LOSSLESS_FILE))["images"]
     make_chunks(model, images, args.first, args.count, args.chunk, args.cache)
 
