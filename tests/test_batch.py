@@ -213,15 +213,6 @@ def test_cli_ray_without_ray_installed_says_how_to_install(env, tmp_path, monkey
 
 
 # ---- Ray ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_gives_the_same_files_as_a_local_run(env, local_run, ray_local, tmp_path):
     d, model, src = env
     s = encode_many([src], model, SETTINGS, out_dir=tmp_path / "o", ray="auto", ray_batch=2)

@@ -43,15 +43,6 @@ def env(tmp_path_factory):
     return model, str(d / "tiny-r8-s0.safetensors"), str(d / "images.npz"), images
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _assert_same_bound(a: B.BoundResult, b: B.BoundResult) -> None:
     for k in ("prior", "rate", "rate_clip", "distortion", "mse_t1_clip", "per_t_count", "mc_var"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)  # bit-identical, not close
