@@ -30,6 +30,7 @@ from ddpmcodec.codec.progressive import CodecSettings, default_t_end, encode
 from ddpmcodec.data import TRAIN_LOSSLESS_FILE, shared_data_file
 from ddpmcodec.images import from_tiles
 from ddpmcodec.entropy import pixelmodel
+from ddpmcodec.entropy import rans as entropy
 from ddpmcodec.network.model_io import load_model
 
 
@@ -87,7 +88,7 @@ def compare(model, chain: dict[str, np.ndarray], q: dict[str, np.ndarray]) -> di
     out = {}
     for name, d in (("chain", chain), ("q", q)):
         x0 = d["pixels"].astype(np.float64) / 127.5 - 1.0
-        x0_hat = (d["rows"] / 8.0 - 0.5) / 127.5 - 1.0
+        x0_hat = (d["rows"] / entropy.PIXEL_MEAN_GRID - 0.5) / 127.5 - 1.0  # the row's mean
         out[name] = {"residual_var_ratio": float((d["x_t"] - np.sqrt(ab) * x0).var() / (1.0 - ab)),
                      "x0_hat_rmse": float(np.sqrt(((x0_hat - x0) ** 2).mean()) * 127.5)}
     return out
