@@ -75,3 +75,30 @@ def test_parallel_selection_equals_serial(n_dims, n_chunks, ratio):
         torch.testing.assert_close(channel.pfr_select(5, lay, delta, ratio, 256, workers=workers), serial, rtol=0,
                                    atol=0)
     assert math.ceil(lay.n_chunks / lay.chunks_per_segment) >= 2  # really more than one segment
+
+
+@pytest.mark.parametrize("n_dims,n_chunks,ratio", [(20000, 900, 1.3), (9000, 40, 1.0)])
+def test_search_grouping_never_changes_indices(n_dims, n_chunks, ratio):
+    """The CPU searches one segment at a time, other devices a whole run at once: the same indices, because every
+    chunk's candidates and arrival times are its own streams and the early stop is exact."""
+    lay = channel.ChunkLayout.make(n_dims, n_chunks, seed=4)
+    dl = lay.gather(torch.randn(n_dims, generator=torch.Generator().manual_seed(2)) * 0.7)
+    segment_wise = channel._pfr_select_segments(9, lay, dl, ratio, 256, range(math.ceil(lay.n_chunks /
+                                                                                      lay.chunks_per_segment)))
+    at_once = channel._pfr_select_chunks(9, lay, dl, ratio, 256, 0, lay.n_chunks)
+    torch.testing.assert_close(segment_wise, at_once, rtol=0, atol=0)
+    tail = channel._pfr_select_chunks(9, lay, dl, ratio, 256, 5, lay.n_chunks)  # any sub-range alone
+    torch.testing.assert_close(tail, at_once[5:], rtol=0, atol=0)
+
+
+def test_arrival_gaps_are_exponential():
+    """The sender's counter-based arrival gaps: Exp(1) (mean 1, variance 1, P(gap > 3) = e^-3), finite, positive."""
+    seeds = channel._arrival_seeds(77, 0, 2000, "cpu")
+    gaps = torch.cat([channel._block_exponentials(seeds, b) for b in range(4)]).flatten()
+    assert bool(torch.isfinite(gaps).all()) and float(gaps.min()) > 0
+    n = gaps.numel()
+    assert float(gaps.mean()) == pytest.approx(1.0, abs=5 / math.sqrt(n))
+    assert float(gaps.var()) == pytest.approx(1.0, abs=12 / math.sqrt(n))
+    assert float((gaps > 3).double().mean()) == pytest.approx(math.exp(-3), abs=5 * math.sqrt(math.exp(-3) / n))
+    # candidates and arrivals of a chunk come from different streams
+    assert not torch.equal(channel._chunk_seeds(77, 0, 2000, "cpu"), seeds)

@@ -10,6 +10,8 @@ Candidates are counter-based (counter_rng: SplitMix64 + a normal quantile table)
 in a step is a pure function of (step seed, c, i, j), made of integer operations and a table lookup, so every device
 and torch build draws the same bits, the search can run wherever the tensors live, and the receiver regenerates
 only the chosen candidate of each chunk. The chunk permutation sorts counter-based keys (no torch.randperm).
+The sender's arrival times T_i are counter-based per chunk as well (a stream apart from the candidates'), so
+any group of chunks can be searched alone, in any order, on any device, with the same indices.
 Indices do not depend on network outputs: float drift between sender and receiver changes x slightly (graceful),
 never the parse of the stream.
 """
@@ -40,24 +42,35 @@ def mix_seed(*values: int) -> int:
     return h & ((1 << 63) - 1)
 
 
-def _gen(seed: int) -> torch.Generator:
-    """The sender's private generator (PFR arrival times): never needed by the receiver."""
-    return torch.Generator(device="cpu").manual_seed(seed)
-
-
 def check_candidate_generator(device: str | torch.device = "cpu") -> None:
     """Known answers of the counter-based generator and its normal table on `device` (DeterminismError if not)."""
     counter_rng.check_device(device)
 
 
-def _keys(seed: int, n: int, device) -> torch.Tensor:
-    """(n,) int64: SplitMix64 outputs 0..n-1 of the stream `seed` (uint64 bits)."""
-    return counter_rng.splitmix64(counter_rng.stream_seed(seed, 0), torch.arange(n, dtype=torch.int64, device=device))
+def _keys(seed: int, lo: int, hi: int, device) -> torch.Tensor:
+    """(hi - lo,) int64: SplitMix64 outputs lo..hi-1 of the stream `seed` (uint64 bits)."""
+    return counter_rng.splitmix64(counter_rng.stream_seed(seed, 0),
+                                  torch.arange(lo, hi, dtype=torch.int64, device=device))
 
 
 def _chunk_seeds(step_seed: int, lo: int, hi: int, device) -> torch.Tensor:
-    """(hi - lo,) int64 SplitMix64 seeds of chunks lo..hi-1 of the step, one stream per chunk."""
-    return _keys(mix_seed(step_seed, 1), hi, device)[lo:hi]
+    """(hi - lo,) int64 SplitMix64 seeds of chunks lo..hi-1 of the step's candidates, one stream per chunk."""
+    return _keys(mix_seed(step_seed, 1), lo, hi, device)
+
+
+def _arrival_seeds(step_seed: int, lo: int, hi: int, device) -> torch.Tensor:
+    """(hi - lo,) int64 seeds of the sender's private arrival-time streams of chunks lo..hi-1 (never needed by
+    the receiver; a stream apart from the candidates', so arrivals and candidates are independent)."""
+    return _keys(mix_seed(step_seed, 2), lo, hi, device)
+
+
+def _block_exponentials(seeds: torch.Tensor, block: int) -> torch.Tensor:
+    """Exp(1) gaps of candidates block*BLOCK .. +BLOCK-1 of the chunks with these arrival seeds: (BLOCK, chunks)
+    float64, -log u with u = (53 high bits + 1/2) / 2^53 in (0, 1), one SplitMix64 output per candidate."""
+    index = (torch.arange(BLOCK, device=seeds.device) + block * BLOCK)[:, None]
+    bits = counter_rng.splitmix64(seeds[None, :], index)
+    u = ((bits >> 11) & ((1 << 53) - 1)).double().add_(0.5).mul_(2.0 ** -53)
+    return u.log_().neg_()
 
 
 def _width(d_max: int) -> int:
@@ -83,7 +96,7 @@ class ChunkLayout:
     @classmethod
     def make(cls, n_dims: int, n_chunks: int, seed: int) -> "ChunkLayout":
         n_chunks = max(1, min(n_chunks, n_dims))
-        perm = torch.sort(_keys(seed, n_dims, "cpu"), stable=True).indices  # counter-based: same on every build
+        perm = torch.sort(_keys(seed, 0, n_dims, "cpu"), stable=True).indices  # counter-based: same on every build
         sizes = torch.full((n_chunks,), n_dims // n_chunks, dtype=torch.long)
         sizes[: n_dims % n_chunks] += 1
         d_max = int(sizes[0])
@@ -143,9 +156,22 @@ def pfr_select(step_seed: int, layout: ChunkLayout, delta: torch.Tensor, ratio: 
 
 def _pfr_select_segments(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, r: float, n_candidates: int,
                          segments: range) -> torch.Tensor:
-    """pfr_select for the chunks of `segments` (a contiguous run): their indices, int64."""
+    """pfr_select for the chunks of `segments` (a contiguous run): their indices, int64. On the CPU one segment at
+    a time (a block of candidates of a segment, ~1 MiB, stays in cache; searching a whole run at once is several
+    times slower per candidate on large images), on other devices the run at once. Every chunk's candidates and
+    arrival times are its own counter-based streams and the early stop is exact, so the grouping never changes
+    the indices."""
     cps = layout.chunks_per_segment
     lo, hi = segments.start * cps, min(layout.n_chunks, segments.stop * cps)
+    if dl.device.type != "cpu":
+        return _pfr_select_chunks(step_seed, layout, dl, r, n_candidates, lo, hi)
+    return torch.cat([_pfr_select_chunks(step_seed, layout, dl, r, n_candidates, c, min(hi, c + cps))
+                      for c in range(lo, hi, cps)])
+
+
+def _pfr_select_chunks(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, r: float, n_candidates: int,
+                       lo: int, hi: int) -> torch.Tensor:
+    """The PFR search of chunks lo..hi-1, searched together: their indices, int64 (hi - lo,)."""
     a = 0.5 * (1.0 - r * r)
     dev = dl.device
     d_max = layout.index.shape[1]
@@ -154,6 +180,7 @@ def _pfr_select_segments(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, 
     maskf = torch.nn.functional.pad(layout.mask[lo:hi].to(dev).float(), (0, pad))
     n_chunks = hi - lo
     seeds = _chunk_seeds(step_seed, lo, hi, dev)
+    arrival_seeds = _arrival_seeds(step_seed, lo, hi, dev)
     if r > 1.0 + 1e-9:
         upper = (r * r * dl.double() ** 2).sum(1) / (2.0 * (r * r - 1.0))
     else:
@@ -161,17 +188,13 @@ def _pfr_select_segments(step_seed: int, layout: ChunkLayout, dl: torch.Tensor, 
     best = torch.full((n_chunks,), math.inf, dtype=torch.float64, device=dev)
     best_idx = torch.zeros(n_chunks, dtype=torch.long, device=dev)
     arrivals = torch.zeros(n_chunks, dtype=torch.float64, device=dev)
-    arrival_gen = _gen(mix_seed(step_seed, 2))  # one stream for all chunks; each run takes its columns
-    n_blocks = math.ceil(n_candidates / BLOCK)
-    for b in range(n_blocks):
-        z = _block_candidates(seeds, d_max, b)  # (BLOCK, n_chunks, d_max)
+    for b in range(math.ceil(n_candidates / BLOCK)):
+        z = _block_candidates(seeds, d_max, b)  # (BLOCK, n_chunks, width)
         score = a * (z * z * maskf).sum(-1) - r * (z * dl).sum(-1)  # (BLOCK, n_chunks)
-        exp = torch.empty(BLOCK, layout.n_chunks, dtype=torch.float64).exponential_(generator=arrival_gen)[:, lo:hi]
-        times = arrivals + torch.cumsum(exp.to(dev), 0)
+        times = arrivals + torch.cumsum(_block_exponentials(arrival_seeds, b), 0)
         arrivals = times[-1]
         val = torch.log(times) - score.double()
-        valid = min(BLOCK, n_candidates - b * BLOCK)
-        val = val[:valid]
+        val = val[:min(BLOCK, n_candidates - b * BLOCK)]
         vmin, arg = val.min(0)
         better = vmin < best
         best = torch.where(better, vmin, best)
