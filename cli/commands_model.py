@@ -86,6 +86,7 @@ def bound(model_spec, images, limit, t_samples, t_sampling, batch_size, device, 
     """Variational bound in bits/dim as the official calc_bpd_loop: rate + distortion = total, vs the paper.
 
     With --ray the (image, t) pairs run as Ray tasks; the numbers equal a local run with one torch thread.
+    Finished tasks are kept in --out/ray-parts until the JSON is written, so a rerun after a failure resumes.
     """
     from ddpmcodec.bound import format_report, run_bound
 

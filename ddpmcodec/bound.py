@@ -17,6 +17,7 @@ uniform q this is (T-1) * mean_k term(t_k). Every estimate is unbiased for rate,
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,C,H,W) flo
 T_SAMPLINGS = ("importance", "stratified", "uniform")
 PAPER = {"rate_bpd": 1.78, "distortion_bpd": 1.97, "total_bpd": 3.75, "rmse_0_255": 0.95}
 TERM_KEYS = ("term", "term_clip", "mse_x0", "mse_x0_clip", "eps_mse")
+RAY_PARTS_FOLDER = "ray-parts"  # under a --ray run's --out: finished tasks, kept until the JSON is written
 
 
 # ---- per-t coefficient tables -------------------------------------------------------------------------------
@@ -386,7 +388,8 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
 
     kwargs go to :func:`variational_bound` (t_samples, t_sampling, seed, batch_size, progress) and ``precision``.
     ray: None (this process) or a Ray address ('auto', 'local', host:port): tasks of ray_batches network batches
-    each, the same numbers as a local run with one torch thread (ddpmcodec.batch.ray_bound).
+    each, the same numbers as a local run with one torch thread (ddpmcodec.batch.ray_bound). With out_dir, finished
+    tasks are kept in out_dir/RAY_PARTS_FOLDER until the JSON is written, so a rerun after a failure resumes.
     Returns the result and the written paths; print :func:`format_report` of ``result.summary()`` to show it.
     """
     import json
@@ -401,8 +404,10 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
         from ddpmcodec.batch.ray_bound import ray_pair_runner
         from ddpmcodec.batch.ray_map import ModelRef
 
+        parts_dir = None if out_dir is None else Path(out_dir) / RAY_PARTS_FOLDER
         kwargs["pair_runner"] = ray_pair_runner(ModelRef.of(model_spec, device, allow_pickle), ray,
-                                                precision=kwargs.get("precision", "fp32"), batches_per_task=ray_batches)
+                                                precision=kwargs.get("precision", "fp32"), batches_per_task=ray_batches,
+                                                parts_dir=parts_dir)
     model = load_model(model_spec, device=device, allow_pickle=allow_pickle)
     data = load_dev_set(limit) if images is None else load_images(images, limit=limit)
     start = time.perf_counter()
@@ -421,4 +426,6 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
         paths.append(out / f"{stem}.json")
         paths[0].write_text(json.dumps(result.to_json(), indent=1))
         paths.append(plot_bound(result, out / f"{stem}.png"))
+        if ray is not None:  # the finished run's JSON holds everything the kept task parts did
+            shutil.rmtree(out / RAY_PARTS_FOLDER, ignore_errors=True)
     return result, paths

@@ -141,6 +141,43 @@ def test_a_task_killed_mid_run_is_retried_with_the_same_result(env, ray_local, t
         _assert_same_bound(ray, B.model_bound(model, images, batch_size=8))
 
 
+def test_bound_rerun_after_a_failed_task_computes_only_the_missing_ranges(env, tmp_path, monkeypatch):
+    """Finished tasks are kept under --out/ray-parts as they return; a rerun submits only what is missing (a damaged
+    part counts as missing) and gives the local numbers; the parts go once the JSON is written. Ray's scheduling is
+    replaced by a local loop here, so this runs without Ray."""
+    from ddpmcodec.batch import ray_bound, ray_tasks
+
+    model, path, npz, images = env
+    submitted: list[int] = []
+
+    def local_map(fail: set[int]):
+        def run(fn, calls, *, address, num_gpus=0, on_result=None):
+            submitted.append(len(calls))
+            out = [TaskFailed("killed") if i in fail else fn(*args) for i, args in enumerate(calls)]
+            for i, r in enumerate(out):
+                on_result(i, r)
+            return out
+        return run
+
+    monkeypatch.setattr(ray_tasks, "connect", lambda address: None)
+    monkeypatch.setattr(ray_bound, "map_tasks", local_map({1, 3}))
+    parts = tmp_path / B.RAY_PARTS_FOLDER
+    with pytest.raises(InputError, match="^2 of 7 Ray tasks failed"):  # 5 images x 11 pairs, 8 per task
+        B.run_bound(path, images=npz, t_samples=10, seed=2, batch_size=4, ray="auto", ray_batches=2,
+                    out_dir=tmp_path)
+    kept = sorted(parts.glob("*.npz"))
+    assert len(kept) == 5 and not list(tmp_path.glob("bound-*.json"))
+    kept[0].write_bytes(b"damaged")
+    kept[1].write_bytes(kept[1].read_bytes()[:60])  # a cut-off zip
+    monkeypatch.setattr(ray_bound, "map_tasks", local_map(set()))
+    resumed, paths = B.run_bound(path, images=npz, t_samples=10, seed=2, batch_size=4, ray="auto", ray_batches=2,
+                                 out_dir=tmp_path)
+    assert submitted == [7, 4]  # the two failed ranges and the two damaged ones
+    assert not parts.exists() and all(p.is_file() for p in paths)
+    with single_thread():
+        _assert_same_bound(resumed, B.model_bound(model, images, t_samples=10, seed=2, batch_size=4))
+
+
 # ---- the report's chunks and eval.codec_bench ------------------------------------------------------------------------
 def test_report_chunks_on_ray_equal_local_ones_and_a_rerun_reads_them(env, ray_local, tmp_path, monkeypatch):
     model, path, _, images = env
