@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import (limits_option, check_output_folder, check_writable, input_folder, load, model_options, quiet_option,
-                        read_input, show_progress, write_atomic, write_png)
+from cli.common import (limits_option, check_output_folder, check_writable, input_folder, load, model_options,
+                        quiet_option, read_input, show_progress, write_atomic, write_png)
 from ddpmcodec.errors import InputError
 
 

@@ -162,8 +162,8 @@ def load_image_folder(folder: str | Path, resolution: int | None = None, *, resi
     return (out, [p.name for p in files]) if return_names else out
 
 
-from ddpmcodec.cifar10_archive import (CIFAR_BATCHES, CIFAR_SPLITS, SPLIT_SEP, is_cifar10_python, load_cifar10_python,  # noqa: F401
-                                         split_source)
+from ddpmcodec.cifar10_archive import (CIFAR_BATCHES, CIFAR_SPLITS, SPLIT_SEP, is_cifar10_python,  # noqa: F401
+                                       load_cifar10_python, split_source)
 
 
 # ---- entry points --------------------------------------------------------------------------------------------

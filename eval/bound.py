@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, paths = run_bound(
             args.model, images=args.images, limit=args.limit, out_dir=args.out, device=args.device,
-            allow_pickle=args.allow_pickle, ray=args.ray, ray_batches=args.ray_batches, t_samples=args.t_samples, t_sampling=args.t_sampling, seed=args.seed,
+            allow_pickle=args.allow_pickle, ray=args.ray, ray_batches=args.ray_batches, t_samples=args.t_samples,
+            t_sampling=args.t_sampling, seed=args.seed,
             batch_size=args.batch_size or (1024 if args.device.startswith("cuda") else 64),
             precision=args.precision, progress=not args.quiet and sys.stderr.isatty())
     except CodecError as exc:

@@ -4,8 +4,8 @@
     python -m eval.photo_bench --size 128                                       # a quick look (16 tiles)
 
 Reports wall seconds of encode and decode, the shares of each spent in the U-Net, the PFR search and the learned x_0
-layer (the rest: entropy coding, schedule, priors and container), bits/dim, and checks the decode bit-exact. The photo ships with matplotlib, so this needs no
-../shared data.
+layer (the rest: entropy coding, schedule, priors and container), bits/dim, and checks the decode bit-exact. The
+photo ships with matplotlib, so this needs no ../shared data.
 """
 from __future__ import annotations
 

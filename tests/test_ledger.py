@@ -113,9 +113,9 @@ def test_aggregate_and_markdown(record):
 
 def test_main_writes_outputs_and_resumes(model, model_dir, tmp_path, monkeypatch):
     np.savez(tmp_path / "imgs.npz", images=np.stack([smooth_image(16, 16, seed=s) for s in range(2)]))
-    args = ["--model", str(model_dir / "tiny-r8-s0.safetensors"), "--images", str(tmp_path / "imgs.npz"), "--limit", "2", "--steps", "4",
-            "--t-end", "2", "--budget", "6", "--margin", "2", "--t-samples", "2", "--out", str(tmp_path / "out"),
-            "--cache", str(tmp_path / "cache"), "-q"]
+    args = ["--model", str(model_dir / "tiny-r8-s0.safetensors"), "--images", str(tmp_path / "imgs.npz"),
+            "--limit", "2", "--steps", "4", "--t-end", "2", "--budget", "6", "--margin", "2", "--t-samples", "2",
+            "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "-q"]
     assert ledger.main(args) == 0
     md = list((tmp_path / "out").glob("ledger_*.md"))
     js = list((tmp_path / "out").glob("ledger_*.json"))

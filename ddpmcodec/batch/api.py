@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Callable, Sequence
-from ddpmcodec.batch.plan import BatchSummary, DecodeJob, EncodeJob, Item, ItemResult, _prepare_out_dir, check_names, expand_ddpm_files, expand_sources, output_complete
+
+from ddpmcodec.batch.plan import (BatchSummary, DecodeJob, EncodeJob, Item, ItemResult, _prepare_out_dir, check_names,
+                                  expand_ddpm_files, expand_sources, output_complete)
 from ddpmcodec.batch.workers import run_local
-
-
 
 Progress = Callable[[int, int], None]  # progress(items finished, items in all), called in the calling process
 
@@ -63,7 +63,8 @@ def encode_many(sources: Sequence[str | Path], model_spec: str, settings=None, *
 
     settings: CodecSettings (default) or BitsBackSettings; stop_at_t / target_psnr / target_bpp as in the CLI
     (one at most). workers: processes (one torch thread each). ray: None (local), or 'auto', 'local' or a Ray
-    address: the items run as Ray tasks of ray_batch images (ddpmcodec.batch.ray_tasks). progress(k, n) per finished item.
+    address: the items run as Ray tasks of ray_batch images (ddpmcodec.batch.ray_tasks). progress(k, n) per finished
+    item.
     Raises InputError for bad sources, clashing output names or a missing model; per-item failures are in the
     summary. Worker processes are started with 'spawn', so a script that calls this with workers > 1 must do so
     under `if __name__ == "__main__":`.

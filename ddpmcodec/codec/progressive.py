@@ -50,6 +50,10 @@ class CodecSettings:
 # chosen by measurement (eval/seams_bench.py, docs/seams/README.md). One-tile images never set the flag.
 WINDOWED_DEFAULT = True
 
+# Bumped whenever the encoder's choices change for the same image, settings and format (e.g. revision 2: the PFR
+# search's counter-based arrival times), so that cached benchmark results are recomputed; decoders do not use it.
+ENCODER_REVISION = 2
+
 
 @dataclass
 class StepStat:

@@ -110,17 +110,18 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
         size = parsed.header_bytes + blocks.stored_size(h.payload_bytes)  # block checks included: the file's length
     n_checks = (size - parsed.header_bytes - len(parsed.payload)) // blocks.CHECK_BYTES
     checks = f", block checks {blocks.CHECK_BYTES * n_checks}" if n_checks else ""
+    layer = f" + exact x_0 layer (lossless, {'learned' if h.learned_x0 else 'classic'})" if h.lossless else ""
     lines = [f"format       .ddpm v{container.VERSION}, {'progressive' if h.mode == 0 else 'bits-back'}"
              f"{'' if parsed.complete else ' (PARTIAL FILE: payload cut off)'}"
              f"{'' if parsed.verified else ' (not verified: read without a model)'}",
-             (f"image        {h.width}x{h.height} {container.SOURCE_MODES[h.source_mode]}, tiles {h.tile}px" if h.width else
-              f"image        one tile of the model, {container.SOURCE_MODES[h.source_mode]}"),
+             (f"image        {h.width}x{h.height} {container.SOURCE_MODES[h.source_mode]}, tiles {h.tile}px"
+              if h.width else f"image        one tile of the model, {container.SOURCE_MODES[h.source_mode]}"),
              (f"model id     {h.model_id.hex()}" if parsed.verified else f"model tag    {h.model_id[0]:02x}"),
              f"schedule     {h.n_steps} equal-KL steps down to t={h.t_end}, prior {container.PRIOR_KINDS[h.prior_kind]}",
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
-             f"content      {h.steps_present} coded steps"
-             f"{(' + exact x_0 layer (lossless, ' + ('learned' if h.learned_x0 else 'classic') + ')') if h.lossless else ''}",
-             f"size         {size} bytes (header {parsed.header_bytes}{checks}), {8 * size / (h.width * h.height):.3f} bpp"]
+             f"content      {h.steps_present} coded steps{layer}",
+             f"size         {size} bytes (header {parsed.header_bytes}{checks}), "
+             f"{8 * size / (h.width * h.height):.3f} bpp"]
     if table:
         lines.append(f"{'step':>6} {'t':>6} {'bytes':>9} {'bpp':>8} {'bits/dim':>9}")
         for e in table:

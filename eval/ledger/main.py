@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ddpmcodec.codec.progressive import ENCODER_REVISION
 from ddpmcodec.container import header as container
 from ddpmcodec.errors import CodecError, InputError
 from eval.codec_bench import add_settings_options, settings_from_args
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         key = {"model": model.identity, "x0_layer": model.x0_layer_identity, "settings": asdict(settings),
                "image": image_digest(im[None]),
                "index": args.offset + i, "t_samples": args.t_samples, "mc_seed": args.mc_seed,
-               "format": container.VERSION, "ledger": LEDGER_VERSION, "verify": args.verify}
+               "format": container.VERSION, "encoder": ENCODER_REVISION, "ledger": LEDGER_VERSION,
+               "verify": args.verify}
         rec = cache.get_json("ledger", key)
         if rec is None:
             rec = ledger_image(model, im, settings, index=args.offset + i, t_samples=args.t_samples,

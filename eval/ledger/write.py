@@ -81,7 +81,8 @@ def markdown(r: dict) -> str:
              "|" + "---|" * 11]
     for j, t in enumerate(g["t"]):
         v = {k: (s[k][j], s[k + "_se"][j]) for k, _ in COLUMNS}
-        lines.append(f"| {t} | " + " | ".join(_pm(*v[k]) for k, _ in COLUMNS) + f" | {_pm(s['psnr_db'][j], s['psnr_db_se'][j], '{:.2f}')} | "
+        psnr = _pm(s['psnr_db'][j], s['psnr_db_se'][j], '{:.2f}')
+        lines.append(f"| {t} | " + " | ".join(_pm(*v[k]) for k, _ in COLUMNS) + f" | {psnr} | "
                      f"{_ratio(v['schedule'][0], v['model'][0])} | {_ratio(v['chain'][0], v['schedule'][0])} | "
                      f"{_ratio(v['stream'][0], v['chain'][0])} | {_ratio(v['file'][0], v['stream'][0])} |")
     lines.append("| 0 (lossless) | " + " | ".join(_pm(ll[k], ll[k + "_se"]) for k, _ in COLUMNS) + " | ∞ | "

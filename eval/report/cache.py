@@ -75,12 +75,13 @@ class Cache:
         self._write(self.path(kind, inputs, "npz"), buf.getvalue())
 
     def parts(self, kind: str, keys: list[dict], fn, calls: list[tuple], model, *, ray: str | None = None,
-              ref=None, bar=None, sizes: list[int] | None = None, local_kw: dict | None = None) -> list:
+              ref=None, bar=None, sizes: list[int] | None = None, local_tick=None) -> list:
         """The JSON part of each chunk (keys[j], calls[j]): read from the cache, else computed as
-        fn(model, *calls[j], **local_kw) here or, with ray (an address), fn(ref, *calls[j]) as Ray tasks
+        fn(model, *calls[j]) here or, with ray (an address), fn(ref, *calls[j]) as Ray tasks
         (ddpmcodec.batch.ray_map; ref: a ModelRef). Each computed part is written as it arrives, so a rerun computes
         only what is missing; failed tasks end the call with one InputError line after that. bar.update(sizes[j])
-        per part, except for parts computed here with local_kw (a tick that advances the bar itself)."""
+        per part; parts computed here with a local_tick get fn(model, *calls[j], tick=local_tick) instead, a callback
+        that advances the bar itself (finer steps than a part)."""
         parts = [self.get_json(kind, k) for k in keys]
         todo = [j for j, p in enumerate(parts) if p is None]
         sizes = sizes or [1] * len(keys)
@@ -93,12 +94,12 @@ class Cache:
             if not isinstance(part, TaskFailed):
                 self.put_json(kind, keys[j], part)
                 parts[j] = part
-            if bar is not None and not (local_kw and ray is None):
+            if bar is not None and not (local_tick and ray is None):
                 bar.update(sizes[j])
 
         if ray is None:
             for j in todo:
-                keep(j, fn(model, *calls[j], **(local_kw or {})))
+                keep(j, fn(model, *calls[j], **({"tick": local_tick} if local_tick else {})))
         elif todo:
             from ddpmcodec.batch.ray_map import check_failures, map_tasks
 

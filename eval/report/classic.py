@@ -2,7 +2,8 @@
 
 Every number counts the whole file as the encoder wrote it (container and headers included), except the one row
 that says otherwise (HEVC payload: the coded image data of a HEIF file alone, see :func:`heif_payload_size`). bpp =
-total bytes * 8 / total pixels; PSNR (dB, RGB, 0..255, whole image) and MS-SSIM are computed per image and averaged over images.
+total bytes * 8 / total pixels; PSNR (dB, RGB, 0..255, whole image) and MS-SSIM are computed per image and averaged
+over images.
 
 MS-SSIM (torchmetrics ``multiscale_structural_similarity_index_measure``): the standard 5 scales need >= 161 px, so
 32x32 images use :data:`MSSSIM_OPTIONS`: 3 scales (32, 16, 8 px) with the first three standard weights renormalised,

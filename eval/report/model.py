@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ddpmcodec.batch.ray_map import ModelRef
 from ddpmcodec.container import header as container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
-from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.progressive import ENCODER_REVISION, CodecSettings, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from eval.report import classic
 from eval.report.cache import Cache, image_digest
@@ -210,11 +210,12 @@ def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSetti
     spans = list(_chunks(len(images), chunk))
     keys = [{"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
              "settings": asdict(settings), "format": container.VERSION,  # file sizes depend on the container format
+             "encoder": ENCODER_REVISION,
              "msssim": classic.MSSSIM_OPTIONS if classic.msssim_available() else None} for a, b in spans]
     calls = [(images[a:b], offset + a, settings) for a, b in spans]
     with tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress) as bar:
         parts = cache.parts("coded", keys, coded_chunk, calls, model, ray=ray, ref=ref, bar=bar,
-                            sizes=[b - a for a, b in spans], local_kw={"tick": lambda: bar.update(1)})
+                            sizes=[b - a for a, b in spans], local_tick=lambda: bar.update(1))
     return [p for part in parts for p in part]
 
 
