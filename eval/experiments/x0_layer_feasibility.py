@@ -103,7 +103,6 @@ def nll_bits(params, x0pix, x0h, dtype=torch.float32):
     # log(sigmoid(up) - sigmoid(lo)), stable; edge bins extend to infinity
     log_cdf_up = F.logsigmoid(up)
     log_1m_cdf_lo = F.logsigmoid(-lo)
-    mid = up - lo  # > 0
     # log(s(up)-s(lo)) = log s(up) + log(1 - exp(log s(lo) - log s(up)))
     lsl, lsu = F.logsigmoid(lo), log_cdf_up
     diff = lsu + torch.log(-torch.expm1((lsl - lsu).clamp(max=-1e-12)))
@@ -146,7 +145,6 @@ def train(t, seconds):
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     bs, step, t0 = 32, 0, time.time()
     n = len(tr[0])
-    total_steps_est = None
     while time.time() - t0 < seconds:
         perm = torch.randperm(n)
         for b in range(0, n - bs + 1, bs):
