@@ -258,3 +258,16 @@ def test_damaged_learned_layer_files_never_decode_to_a_wrong_image(layered):
             if out and out[-1].t == 0 and not np.array_equal(out[-1].pixels, img):
                 wrong.append((pos, bit))
     assert not wrong
+
+
+def test_stage_stop_probe_is_exact_only_when_every_stage_is_known():
+    """eval.x0_stage_stops: with all 12 stages exact the estimate is the image, with none it is not; the stages' bits
+    add up to the layer's code length."""
+    from eval.x0_stage_stops import stage_stop_errors
+
+    net = _random_net(seed=3)
+    pixels, rows, x_t = _image_inputs(8, 6, seed=3)
+    sq, bits = stage_stop_errors(net, x_t.numpy().transpose(2, 0, 1), rows.transpose(2, 0, 1),
+                                 pixels.transpose(2, 0, 1))
+    assert sq.shape == (layout.STAGES + 1,) and sq[-1] == 0 and sq[0] > 0
+    assert float(bits.sum()) == pytest.approx(coding.code_length_bits(net, pixels, rows, x_t), rel=1e-9)
