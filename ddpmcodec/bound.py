@@ -400,6 +400,7 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda requested but CUDA is not available")
+    model = load_model(model_spec, device=device, allow_pickle=allow_pickle)
     if ray is not None:
         from ddpmcodec.batch.ray_bound import ray_pair_runner
         from ddpmcodec.batch.ray_map import ModelRef
@@ -407,8 +408,7 @@ def run_bound(model_spec: str = "default", *, images: str | Path | None = None, 
         parts_dir = None if out_dir is None else Path(out_dir) / RAY_PARTS_FOLDER
         kwargs["pair_runner"] = ray_pair_runner(ModelRef.of(model_spec, device, allow_pickle), ray,
                                                 precision=kwargs.get("precision", "fp32"), batches_per_task=ray_batches,
-                                                parts_dir=parts_dir)
-    model = load_model(model_spec, device=device, allow_pickle=allow_pickle)
+                                                parts_dir=parts_dir, model_identity=model.identity)
     data = load_dev_set(limit) if images is None else load_images(images, limit=limit)
     start = time.perf_counter()
     try:

@@ -21,14 +21,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.codec.progressive import ENCODER_REVISION, CodecSettings, default_t_end, encode
+from ddpmcodec.codec.progressive import CodecSettings, coded_inputs, default_t_end, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.data import load_dev_set, load_images
 from ddpmcodec.errors import CodecError, InputError
@@ -136,13 +135,10 @@ def bench_ray(ref, model, images: np.ndarray, settings: CodecSettings, *, addres
     """:func:`bench` of the images as Ray tasks of `batch` images, merged with :func:`merge`. Each part is cached
     under out/chunks, keyed by model and x_0 layer identity, pixels, settings, format and encoder version, target bpp
     and which images are decoded; a failed task ends the run with one InputError line after the others are cached."""
-    from ddpmcodec.container import header as container
-    from eval.report.cache import Cache, image_digest
+    from ddpmcodec.batch.result_cache import Cache, image_digest
 
     spans = [(a, min(a + batch, len(images))) for a in range(0, len(images), batch)]
-    keys = [{"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
-             "settings": asdict(settings), "format": container.VERSION, "encoder": ENCODER_REVISION,
-             "target_bpp": target_bpp,
+    keys = [{**coded_inputs(model, settings), "images": image_digest(images[a:b]), "target_bpp": target_bpp,
              "decode_every": decode_every, "decode_phase": a % decode_every if decode_every else 0} for a, b in spans]
     calls = [(images[a:b], settings, target_bpp, decode_every, a) for a, b in spans]
     with tqdm(total=len(images), disable=not progress, desc="codec (Ray)", unit="img") as bar:

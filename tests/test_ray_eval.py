@@ -25,7 +25,7 @@ from eval import bound as eval_bound
 from eval import codec_bench
 from eval.report import main as report
 from eval.report import model as rm
-from eval.report.cache import Cache
+from ddpmcodec.batch.result_cache import Cache
 
 SMALL = DiffusionConfig(T=20, beta_start=1e-3, beta_end=0.2)
 SETTINGS = CodecSettings(n_steps=4, t_end=2, budget_bits=6, margin_bits=2)

@@ -14,7 +14,7 @@ from ddpmcodec.testing import make_tiny_model
 from eval.report import main as report
 from eval.report import classic
 from eval.report import model as rm
-from eval.report.cache import Cache
+from ddpmcodec.batch.result_cache import Cache
 from eval.report.write import psnr_at
 
 SMALL = DiffusionConfig(T=20, beta_start=1e-3, beta_end=0.2)

@@ -7,26 +7,22 @@ by the run's image index and slot), with one torch thread. CPU kernels round dif
 so the per-image values are bit-identical to a local run with one torch thread (OMP_NUM_THREADS=1 or
 torch.set_num_threads(1)); a local run on several threads differs from both in the last digits.
 
-Resuming: with a ``parts_dir`` each finished task's terms are written there atomically as it returns, keyed by a
-digest of everything they depend on (model identity, precision, seed, batch size, the task's pixels and pairs), so a
-rerun after a failed or interrupted run submits only the missing ranges; run_bound deletes the folder once its
-JSON is written.
+Resuming: with a ``parts_dir`` each finished task's terms are written there atomically as it returns (a
+ddpmcodec.batch.result_cache), keyed by everything they depend on (model identity, precision, seed, batch size, the
+schedule, the task's pixels and pairs), so a rerun after a failed or interrupted run submits only the missing
+ranges; run_bound deletes the folder once its JSON is written.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmcodec.atomic_write import atomic_write
-
 from ddpmcodec.batch import ray_tasks
 from ddpmcodec.batch.ray_map import ModelRef, check_failures, map_tasks
+from ddpmcodec.batch.result_cache import Cache, image_digest
 from ddpmcodec.bound import TERM_KEYS, evaluate_pairs, model_eps_fn
 from ddpmcodec.diffusion import Schedule
 from ddpmcodec.errors import InputError
@@ -41,46 +37,21 @@ def pairs_task(ref: ModelRef, precision: str, sched: Schedule, first_image: int,
 
 
 PARTS_VERSION = 1  # bump when evaluate_pairs' terms change meaning
+KIND = "bound-pairs"  # the result_cache kind of a task's terms
 
 
-class PartStore:
-    """Finished tasks' terms as ``<digest>.npz`` files in a folder (atomic writes; a damaged file is recomputed)."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-
-    def key(self, *fields) -> str:
-        h = hashlib.sha256(f"bound-parts-v{PARTS_VERSION}".encode())
-        for f in fields:
-            h.update(np.ascontiguousarray(f).tobytes() if isinstance(f, (np.ndarray, torch.Tensor)) else
-                     repr(f).encode())
-            h.update(b"|")
-        return h.hexdigest()[:32]
-
-    def get(self, key: str) -> dict[str, np.ndarray] | None:
-        path = self.folder / f"{key}.npz"
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                part = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-            return None
-        return part if set(part) == set(TERM_KEYS) else None
-
-    def put(self, key: str, part: dict[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **part)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / f"{key}.npz", buf.getvalue())
+def _digest(*arrays) -> str:
+    """A digest of the exact values and shapes of these arrays (numpy or torch)."""
+    return "-".join(image_digest(np.asarray(a)) for a in arrays)
 
 
 def ray_pair_runner(ref: ModelRef, address: str, *, precision: str = "fp32", batches_per_task: int = 16,
-                    parts_dir: str | Path | None = None):
+                    parts_dir: str | Path | None = None, model_identity: str = ""):
     """A ``pair_runner`` for variational_bound that evaluates the pairs with ``ref``'s model as Ray tasks of
     batches_per_task network batches (the eps_fn it is given is not used). Connects now: no Ray or no cluster is
     one InputError before any work; a task that still fails after its retries is one InputError after the run,
-    and with parts_dir the finished tasks are kept there for a rerun (module docstring)."""
+    and with parts_dir the finished tasks are kept there for a rerun (module docstring), keyed by model_identity
+    (the loaded model's, network.model_io) among the rest."""
     if batches_per_task < 1:
         raise InputError(f"--ray-batches must be at least 1, got {batches_per_task}")
     ray_tasks.connect(address)
@@ -88,29 +59,30 @@ def ray_pair_runner(ref: ModelRef, address: str, *, precision: str = "fp32", bat
     def run(eps_fn, sched: Schedule, x0_all: torch.Tensor, image: np.ndarray, t: np.ndarray, slot: np.ndarray, *,
             seed: int = 0, batch_size: int = 64, device=None, progress: bool = False) -> dict[str, np.ndarray]:
         step = batch_size * batches_per_task  # a multiple of batch_size: the local loop's batches, unchanged
-        store = PartStore(parts_dir) if parts_dir is not None else None
-        weights = ref.load().identity if store else ""  # weights + configs (network.model_io)
-        calls, keys = [], []
+        store = Cache(parts_dir) if parts_dir is not None else None
+        calls, keys, sizes = [], [], []
         for a in range(0, len(t), step):
             sl = slice(a, a + step)
             lo, hi = int(image[sl].min()), int(image[sl].max()) + 1
             x0 = x0_all[lo:hi].cpu().clone()  # a copy: a pickled view would carry the whole tensor
             calls.append((ref, precision, sched, lo, x0, image[sl], t[sl], slot[sl], seed, batch_size))
-            if store:
-                keys.append(store.key(weights, precision, seed, batch_size, sched.betas, lo, x0.float(), image[sl],
-                                      t[sl], slot[sl]))
-        parts = [store.get(k) for k in keys] if store else [None] * len(calls)
+            sizes.append(len(t[sl]))
+            keys.append({"model": model_identity, "terms": PARTS_VERSION, "precision": precision, "seed": seed,
+                         "batch_size": batch_size, "first_image": lo,
+                         "data": _digest(sched.betas, x0.float(), image[sl], t[sl], slot[sl])})
+        parts = [store.get_npz(KIND, k) if store else None for k in keys]
+        parts = [p if p is not None and set(p) == set(TERM_KEYS) else None for p in parts]
         todo = [j for j, p in enumerate(parts) if p is None]
 
         def keep(i: int, part) -> None:
             j = todo[i]
             parts[j] = part
             if store and isinstance(part, dict):
-                store.put(keys[j], part)
-            bar.update(len(calls[j][6]))
+                store.put_npz(KIND, keys[j], part)
+            bar.update(sizes[j])
 
         with tqdm(total=len(t), disable=not progress, unit="eval", desc="bound (Ray)", dynamic_ncols=True) as bar:
-            bar.update(sum(len(calls[j][6]) for j, p in enumerate(parts) if p is not None))
+            bar.update(sum(n for n, p in zip(sizes, parts) if p is not None))
             map_tasks(pairs_task, [calls[j] for j in todo], address=address, num_gpus=ref.gpus, on_result=keep)
         check_failures(parts)
         return {k: np.concatenate([p[k] for p in parts]) for k in TERM_KEYS}

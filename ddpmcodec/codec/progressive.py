@@ -12,7 +12,7 @@ import hashlib
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -53,6 +53,13 @@ WINDOWED_DEFAULT = True
 # Bumped whenever the encoder's choices change for the same image, settings and format (e.g. revision 2: the PFR
 # search's counter-based arrival times), so that cached benchmark results are recomputed; decoders do not use it.
 ENCODER_REVISION = 2
+
+
+def coded_inputs(model, settings: CodecSettings) -> dict:
+    """Everything an encoded file depends on besides the image: model and x_0 layer identity, settings, format
+    version and encoder revision (the common part of the cache keys of benchmark results)."""
+    return {"model": model.identity, "x0_layer": model.x0_layer_identity, "settings": asdict(settings),
+            "format": container.VERSION, "encoder": ENCODER_REVISION}
 
 
 @dataclass

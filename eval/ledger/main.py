@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ddpmcodec.codec.progressive import ENCODER_REVISION
+from ddpmcodec.codec.progressive import coded_inputs
 from ddpmcodec.container import header as container
 from ddpmcodec.errors import CodecError, InputError
 from eval.codec_bench import add_settings_options, settings_from_args
-from eval.report.cache import Cache, image_digest
+from ddpmcodec.batch.result_cache import Cache, image_digest
 from eval.report.write import finite
 from eval.ledger.rates import COLUMNS, LEDGER_VERSION, PER_IMAGE_ARRAYS_MAX, ledger_image
 from eval.ledger.write import aggregate, markdown
@@ -59,11 +59,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     cache = Cache(args.cache)
     per_image = []
     for i, im in enumerate(images):
-        key = {"model": model.identity, "x0_layer": model.x0_layer_identity, "settings": asdict(settings),
-               "image": image_digest(im[None]),
-               "index": args.offset + i, "t_samples": args.t_samples, "mc_seed": args.mc_seed,
-               "format": container.VERSION, "encoder": ENCODER_REVISION, "ledger": LEDGER_VERSION,
-               "verify": args.verify}
+        key = {**coded_inputs(model, settings), "image": image_digest(im[None]), "index": args.offset + i,
+               "t_samples": args.t_samples, "mc_seed": args.mc_seed, "ledger": LEDGER_VERSION, "verify": args.verify}
         rec = cache.get_json("ledger", key)
         if rec is None:
             rec = ledger_image(model, im, settings, index=args.offset + i, t_samples=args.t_samples,

@@ -29,7 +29,7 @@ from eval.report import classic
 from eval.report import model as rm
 from eval.report import plots
 from eval.report import write as rw
-from eval.report.cache import Cache, image_digest
+from ddpmcodec.batch.result_cache import Cache, image_digest
 from eval.report.options import BITSBACK_JSON  # noqa: F401  (re-exported)
 from eval.report.options import main as _cli_main
 

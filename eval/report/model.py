@@ -1,6 +1,6 @@
 """The report's DDPM parts: the exact bound (ideal curve), the progressive codec (coded curve), strip frames.
 
-All three are computed in chunks of images and cached (see eval/report/cache.py), so an interrupted run resumes and
+All three are computed in chunks of images and cached (see ddpmcodec/batch/result_cache.py), so an interrupted run resumes and
 a second run only reads. With ``ray`` (an address) and ``ref`` (the model as a ModelRef), the bound, ideal MS-SSIM and
 codec chunks that are not cached yet run as Ray tasks (the same chunk functions, seeds and inputs as a local run),
 each part cached by this process as it arrives. Units: rates in bits/dim (bpd); bpp = 3 * bpd for RGB; PSNR in dB on
@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ddpmcodec.batch.ray_map import ModelRef
-from ddpmcodec.container import header as container
 from ddpmcodec.bound import TERM_KEYS, BoundResult, model_bound
-from ddpmcodec.codec.progressive import ENCODER_REVISION, CodecSettings, encode
+from ddpmcodec.codec.progressive import CodecSettings, coded_inputs, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from eval.report import classic
-from eval.report.cache import Cache, image_digest
+from ddpmcodec.batch.result_cache import Cache, image_digest
 
 
 def _chunks(n: int, size: int):
@@ -208,9 +206,7 @@ def coded_per_image(model, images: np.ndarray, offset: int, settings: CodecSetti
     with no steps), encode_s, decode_s (every stop point decoded), unet_s. ray, ref: missing chunks as Ray tasks.
     """
     spans = list(_chunks(len(images), chunk))
-    keys = [{"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images[a:b]),
-             "settings": asdict(settings), "format": container.VERSION,  # file sizes depend on the container format
-             "encoder": ENCODER_REVISION,
+    keys = [{**coded_inputs(model, settings), "images": image_digest(images[a:b]),
              "msssim": classic.MSSSIM_OPTIONS if classic.msssim_available() else None} for a, b in spans]
     calls = [(images[a:b], offset + a, settings) for a, b in spans]
     with tqdm(total=len(images), desc="codec (encode+decode)", unit="img", disable=not progress) as bar:
@@ -261,9 +257,7 @@ def strip_frames(model, images: np.ndarray, settings: CodecSettings, want_t: lis
     Returns arrays: frames (N, K, H, W, 3) uint8, t (K,) coded t of each column (shared schedule), bytes (N, K)
     the file bytes read to reach each frame, original (N, H, W, 3), seconds (compute time, scalar).
     """
-    inputs = {"model": model.identity, "x0_layer": model.x0_layer_identity, "images": image_digest(images),
-              "settings": asdict(settings),
-              "want_t": list(want_t), "format": container.VERSION}
+    inputs = {**coded_inputs(model, settings), "images": image_digest(images), "want_t": list(want_t)}
     hit = cache.get_npz("strip", inputs)
     if hit is not None:
         return hit

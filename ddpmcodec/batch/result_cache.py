@@ -1,4 +1,5 @@
-"""A small content-keyed cache for the report's expensive parts (bound, codec runs, classic sweeps, strip frames).
+"""A small content-keyed cache of expensive results: the report's parts (bound, codec runs, classic sweeps, strip
+frames), codec_bench's and the ledger's chunks, and `ddpmcodec bound --ray`'s finished tasks.
 
 Each entry is one JSON (or npz) file named ``<kind>-<key>.<ext>`` under the cache folder, where ``key`` is a SHA-256
 prefix of everything the result depends on: the part's kind, the model identity, the settings, a digest of the exact
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +64,8 @@ class Cache:
                     value = {k: z[k] for k in z.files}
                 self.hits += 1
                 return value
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+                pass  # a damaged or cut-off entry is recomputed
         self.misses += 1
         return None
 
