@@ -13,7 +13,7 @@ from cli.commands_bitsback import DEFAULT_STEPS as BITSBACK_STEPS, DEFAULT_T_END
 from cli.common import (check_output_folder, check_writable, input_file, input_path,
                         limits_option, load, model_options, parse_stop, quiet_option, read_input, resolve_device,
                         show_progress, write_atomic, write_png)
-from ddpmcodec.container.header import DEFAULTS, X0_LAYER_CHOICES
+from ddpmcodec.container.header import DEFAULTS, MAX_BUDGET_BITS, MAX_CANDIDATE_BITS, VERSION, X0_LAYER_CHOICES
 from ddpmcodec.errors import InputError
 
 
@@ -51,11 +51,13 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--x0-layer", "x0_layer", type=click.Choice(X0_LAYER_CHOICES), default="auto", show_default=True,
               help="Lossless end: the model's learned x_0 layer, the per-file fitted classic layer, or the shorter "
                    "of the two (progressive only).")
-@click.option("--budget", "budget_bits", type=click.IntRange(1, 15), default=DEFAULTS["budget_bits"], show_default=True,
-              help="Target KL per PFR chunk, bits (progressive only).")
+@click.option("--budget", "budget_bits", type=click.IntRange(1, MAX_BUDGET_BITS[VERSION]), default=DEFAULTS["budget_bits"],
+              show_default=True, help="Target KL per PFR chunk, bits (progressive only). Search work grows as "
+                                      "2^budget per chunk, so a GPU affords more.")
 @click.option("--margin", "margin_bits", type=click.IntRange(0, 12), default=DEFAULTS["margin_bits"],
               show_default=True,
-              help="Extra candidate bits per chunk (2^(budget+margin) candidates; progressive only).")
+              help=f"Extra candidate bits per chunk (2^(budget+margin) candidates, budget + margin <= "
+                   f"{MAX_CANDIDATE_BITS[VERSION]}; progressive only).")
 @click.option("--prior", type=click.Choice(["calibrated", "fixedlarge"]), default="calibrated", show_default=True,
               help="Prior variance (progressive only).")
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=DEFAULTS["seed"], show_default=True,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmcodec.channel import pfr
+from ddpmcodec.channel import pfr, pfr_windows
 from ddpmcodec.codec.progressive import CodecSettings, encode
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.errors import DeterminismError
@@ -63,12 +63,13 @@ def _channel_parity(device: str) -> dict:
     for n_dims, n_chunks, ratio in ((3072, 8, 1.05), (3072, 60, 1.3), (12288, 300, 1.5)):
         layout = pfr.ChunkLayout.make(n_dims, n_chunks, seed=n_chunks)
         delta = torch.randn(n_dims, generator=gen) * 0.4
-        cpu = pfr.pfr_select(7, layout, delta, ratio, 4096)
-        dev = pfr.pfr_select(7, layout, delta.to(device), ratio, 4096).cpu()
-        picks_differ += int((cpu != dev).sum())
-        chunks += layout.n_chunks
-        rebuilt_equal &= torch.equal(pfr.pfr_reconstruct(7, layout, cpu),
-                                     pfr.pfr_reconstruct(7, layout, cpu.to(device)).cpu())
+        for select, rebuild, n in ((pfr.pfr_select, pfr.pfr_reconstruct, 4096),  # format 4
+                                   (pfr_windows.window_select, pfr_windows.window_reconstruct, 1 << 18)):  # format 5
+            cpu = select(7, layout, delta, ratio, n)
+            dev = select(7, layout, delta.to(device), ratio, n).cpu()
+            picks_differ += int((cpu != dev).sum())
+            chunks += layout.n_chunks
+            rebuilt_equal &= torch.equal(rebuild(7, layout, cpu), rebuild(7, layout, cpu.to(device)).cpu())
     if not rebuilt_equal:
         raise AssertionError("candidates rebuilt on the device differ from the CPU's")
     return {"chunks": chunks, "picks_that_differ": picks_differ, "rebuilt_bit_identical": rebuilt_equal}

@@ -34,7 +34,7 @@ from ddpmcodec.network.model_io import load_model
 def tail_margin(last: int, margin: int, n_steps: int):
     """Within the block, encode() searches and codes its last `last` steps with 2^margin times the candidates."""
     state = {"k": 0}
-    select = progressive.channel.pfr_select
+    select = progressive.pfr_windows.window_select
 
     def candidates(k: int, base: int) -> int:
         return base << margin if k >= n_steps - last else base
@@ -58,7 +58,7 @@ def tail_margin(last: int, margin: int, n_steps: int):
         state["k"] = 0
         return encode(*a, **kw)
 
-    with mock.patch.object(progressive.channel, "pfr_select", counting_select), \
+    with mock.patch.object(progressive.pfr_windows, "window_select", counting_select), \
             mock.patch.object(progressive._Chain, "push_steps", push_steps):
         yield reset_then_encode
 

@@ -21,7 +21,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from ddpmcodec.channel import pfr as channel
+from ddpmcodec.channel import pfr_windows
 from ddpmcodec.codec import progressive
 from ddpmcodec.entropy.x0net import coding as learned_x0
 from ddpmcodec.codec.progressive import CodecSettings, encode
@@ -45,7 +45,7 @@ def photo(size: int) -> np.ndarray:
 
 
 # (part, owner, attribute): the encoder's learned layer runs in prepare(), the decoder's in pop()
-PARTS = [("unet", progressive._Chain, "eps"), ("search", channel, "pfr_select"), ("x0_layer", learned_x0, "prepare"),
+PARTS = [("unet", progressive._Chain, "eps"), ("search", pfr_windows, "window_select"), ("x0_layer", learned_x0, "prepare"),
          ("x0_layer", learned_x0, "pop")]
 
 

@@ -63,8 +63,10 @@ def test_wrong_model_is_refused_by_tag_or_by_the_checks():
 def test_legacy_and_future_versions_are_refused_clearly():
     with pytest.raises(FormatError, match="version-2 .ddpm file"):
         container.unpack(b"DDP\x02" + bytes(30), MID, 32)
-    with pytest.raises(FormatError, match="version 5"):
-        container.unpack(b"\xd5" + bytes(30), MID, 32)
+    with pytest.raises(FormatError, match="version-3 .ddpm file .* ddpmcodec 0.2"):
+        container.unpack(b"\xd3" + bytes(30), MID, 32)
+    with pytest.raises(FormatError, match="version 6 .*reads versions 4, 5"):
+        container.unpack(b"\xd6" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="not a .ddpm file"):
         container.unpack(b"GIF89a" + bytes(30), MID, 32)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ddpmcodec.channel import pfr as channel
+from ddpmcodec.channel import pfr_windows
 from ddpmcodec.container import header as container
 from ddpmcodec.entropy import pixelmodel
 from ddpmcodec.entropy.x0net import coding as learned_x0
@@ -51,8 +52,9 @@ class CodecSettings:
 WINDOWED_DEFAULT = True
 
 # Bumped whenever the encoder's choices change for the same image, settings and format (e.g. revision 2: the PFR
-# search's counter-based arrival times), so that cached benchmark results are recomputed; decoders do not use it.
-ENCODER_REVISION = 2
+# search's counter-based arrival times; 3: format version 5), so that cached benchmark results are recomputed;
+# decoders do not use it.
+ENCODER_REVISION = 3
 
 
 def coded_inputs(model, settings: CodecSettings) -> dict:
@@ -118,6 +120,9 @@ class _Chain:
         self.coded = torch.nonzero(mask.flatten()).squeeze(1)
         self.free = torch.nonzero(~mask.flatten()).squeeze(1)
         self.n_candidates = 2 ** (h.budget_bits + h.margin_bits)
+        # the candidates: sliding windows of one sequence per chunk (version 5) or independent draws (version 4)
+        self.select = pfr_windows.window_select if h.version >= 5 else channel.pfr_select
+        self.reconstruct = pfr_windows.window_reconstruct if h.version >= 5 else channel.pfr_reconstruct
         self.unet_seconds = 0.0
         self.workers = workers
 
@@ -185,7 +190,7 @@ class _Chain:
         """Rebuild x_s from the step's chunk indices (the same code on both sides)."""
         seed = self.seed(k)
         z = torch.empty(self.mask.numel(), dtype=torch.float32)
-        z[self.coded] = layout.scatter(channel.pfr_reconstruct(seed, layout, indices), len(self.coded))
+        z[self.coded] = layout.scatter(self.reconstruct(seed, layout, indices), len(self.coded))
         if len(self.free):
             z[self.free] = channel.free_noise(seed, len(self.free))
         return mu_p + math.sqrt(var_p) * z.view(self.mask.shape)
@@ -204,8 +209,9 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings, stop_at_t
         raise InputError(f"this model has no learned x_0 layer for t_end {t_end}")
     if not 1 <= t_end < T:
         raise InputError(f"t_end must be in 1..{T - 1}")
-    if not (1 <= s.budget_bits <= 15 and 0 <= s.margin_bits <= 12 and s.budget_bits + s.margin_bits <= 20):
-        raise InputError("chunk budget must be 1..15 bits, margin 0..12, budget + margin <= 20")
+    top_budget, top_bits = container.MAX_BUDGET_BITS[container.VERSION], container.MAX_CANDIDATE_BITS[container.VERSION]
+    if not (1 <= s.budget_bits <= top_budget and 0 <= s.margin_bits <= 12 and s.budget_bits + s.margin_bits <= top_bits):
+        raise InputError(f"chunk budget must be 1..{top_budget} bits, margin 0..12, budget + margin <= {top_bits}")
     if s.seed < 0 or s.n_steps < 1:
         raise InputError("seed must be >= 0 and steps >= 1")
     h, w, _ = pixels.shape
@@ -269,8 +275,8 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
         q = entropy.quantize_log_kl(kl_bits)
         layout = chain.layout(k, q)
         delta = ((mu_p - mu_q).flatten()[chain.coded] / math.sqrt(var_q)).float()
-        indices = channel.pfr_select(chain.seed(k), layout, delta.to(model.device), math.sqrt(var_p / var_q),
-                                     chain.n_candidates, workers=chain.workers).cpu()
+        indices = chain.select(chain.seed(k), layout, delta.to(model.device), math.sqrt(var_p / var_q),
+                               chain.n_candidates, workers=chain.workers).cpu()
         symbols.append((q, indices.numpy().astype(np.int32), prev_q))
         prev_q = q
         x_t = chain.advance(k, mu_p, var_p, layout, indices)

@@ -1,4 +1,4 @@
-"""The .ddpm container (format version 4): a compact header followed by the payload (rANS stack words, top first;
+"""The .ddpm container (format version 5; version 4 is read too): a compact header followed by the payload (rANS stack words, top first;
 a progressive file's top word is trimmed to its significant bytes, see entropy.rans.stack_to_bytes).
 
 Layout: format byte 0xD4 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | file check
@@ -14,7 +14,9 @@ damaged length never passes as a partial file. Settings that equal DEFAULTS are 
 tile stores no size, so a default lossy 32x32 file spends 7 bytes on its header (8 with a payload over 127 bytes);
 see `test_container.py`.
 Version-2 and version-3 files (ddpmcodec 0.1 and 0.2) are refused with a message that says so. Version 4 added the
-learned x_0 layer (flag 0x80) and moved the default t_end from 4 to 10.
+learned x_0 layer (flag 0x80) and moved the default t_end from 4 to 10. Version 5 changed the channel simulation's
+candidates to sliding windows (channel.pfr_windows) and the default chunk budget from 12 to 18 bits; the layout is
+version 4's, and version-4 files decode as before (their candidates, their defaults: DEFAULTS_BY_VERSION).
 """
 from __future__ import annotations
 
@@ -25,20 +27,25 @@ from dataclasses import dataclass
 from ddpmcodec.container import blocks
 from ddpmcodec.errors import FormatError, ModelMismatchError
 
-FORMAT_BYTE = 0xD4  # high nibble: .ddpm marker, low nibble: format version
+FORMAT_BYTE = 0xD5  # high nibble: .ddpm marker, low nibble: format version (what this build writes)
 VERSION = FORMAT_BYTE & 0x0F
+READABLE_VERSIONS = (4, 5)
 LEGACY_MAGIC = b"DDP"  # versions 1-2 started with b"DDP" + a version byte
 MODEL_ID_BYTES = 4
 MODE_PROGRESSIVE = 0
 MODE_BITSBACK = 1
 PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
-DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 12, "margin_bits": 0, "seed": 0}
+DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 18, "margin_bits": 0, "seed": 0}
+DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS}  # settings a header omits, per version
+MAX_CANDIDATE_BITS = {4: 20, 5: 20}  # budget + margin: log2 of the candidates per chunk (search work, index tables)
+MAX_BUDGET_BITS = {4: 15, 5: 20}
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _F_WINDOWED = 0x40  # progressive only: the network ran on overlapping blended windows (ddpmcodec.network.windows)
 _F_LEARNED_X0 = 0x80  # lossless progressive only: x_0 coded by the model's learned layer (entropy.x0net)
 X0_LAYER_CHOICES = ("auto", "learned", "classic")  # encoder choice of the lossless end (codec.progressive)
-RELEASES = {1: "0.1", 2: "0.1", 3: "0.2"}  # older format versions and the ddpmcodec release that wrote them
+RELEASES = {1: "0.1", 2: "0.1", 3: "0.2"}  # older, unreadable format versions and the ddpmcodec release that wrote them
+# (version 4, ddpmcodec 0.3, is still read)
 MAX_VARINT_BYTES = 10
 
 
@@ -88,22 +95,26 @@ class Header:
     payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
     windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
     learned_x0: int = 0  # 1: x_0 coded by the model's learned layer (entropy.x0net), else by entropy.pixelmodel
+    version: int = VERSION  # format version: 5, or 4 for a file written by ddpmcodec 0.3 (its candidates, defaults)
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
 
+    def defaults(self) -> dict:
+        return DEFAULTS_BY_VERSION[self.version]
+
     def pack_body(self) -> bytes:
         """Everything from the format byte up to (not including) the header check."""
-        if len(self.model_id) != MODEL_ID_BYTES or self.mode not in (0, 1) or not 0 < self.budget_bits < 16 or not (
-                0 <= self.margin_bits < 16):
+        if len(self.model_id) != MODEL_ID_BYTES or self.mode not in (0, 1) or self.version not in READABLE_VERSIONS or \
+                not 0 < self.budget_bits <= MAX_BUDGET_BITS[self.version] or not 0 <= self.margin_bits < 16:
             raise ValueError("header field out of range")
-        custom = self.settings() != DEFAULTS
+        custom = self.settings() != self.defaults()
         one_tile = self.width == self.height == self.tile
         flags = (_F_BITSBACK * self.mode | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
                  | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile
                  | _F_WINDOWED * bool(self.windowed) | _F_LEARNED_X0 * bool(self.learned_x0 and self.lossless))
         out = io.BytesIO()
-        out.write(bytes([FORMAT_BYTE, self.model_id[0], flags]))
+        out.write(bytes([(FORMAT_BYTE & 0xF0) | self.version, self.model_id[0], flags]))
         for v in ([] if one_tile else [self.width - 1, self.height - 1]) + [self.steps_present, self.payload_bytes]:
             write_varint(out, v)
         if custom:
@@ -118,7 +129,7 @@ class Header:
         head = buf.read(3)
         if len(head) != 3:
             raise FormatError("truncated header")
-        tag, flags = head[1], head[2]
+        version, tag, flags = head[0] & 0x0F, head[1], head[2]
         if flags & _F_LEARNED_X0 and not flags & _F_LOSSLESS:
             raise FormatError("corrupt header (unknown flags)")
         one_tile = bool(flags & _F_ONE_TILE)
@@ -127,7 +138,7 @@ class Header:
         else:
             w, h = read_varint(buf) + 1, read_varint(buf) + 1
         present, size = read_varint(buf), read_varint(buf)
-        settings = dict(DEFAULTS)
+        settings = dict(DEFAULTS_BY_VERSION[version])
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)
@@ -142,7 +153,7 @@ class Header:
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
                    pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)),
-                   learned_x0=int(bool(flags & _F_LEARNED_X0)), **settings)
+                   learned_x0=int(bool(flags & _F_LEARNED_X0)), version=version, **settings)
 
 
 def _crc_header(model_id: bytes, body: bytes) -> int:
@@ -181,15 +192,16 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
     With model_id (the decoding model's codec identity) every check is verified and a partial file keeps only its
     verified blocks; without it (a quick look before a model is loaded) nothing can be verified.
     """
-    if not data or data[0] != FORMAT_BYTE:
+    if not data or data[0] >> 4 != FORMAT_BYTE >> 4 or data[0] & 15 not in READABLE_VERSIONS:
         old = legacy_version(data)
         if old is None and data and data[0] >> 4 == FORMAT_BYTE >> 4:
             old = data[0] & 15
         if old in RELEASES:
             raise FormatError(f"this is a version-{old} .ddpm file (written by ddpmcodec {RELEASES[old]}); this build "
-                              f"reads version {VERSION}: decode it with ddpmcodec {RELEASES[old]} and re-encode")
+                              f"reads versions 4 and 5: decode it with ddpmcodec {RELEASES[old]} and re-encode")
         if old is not None:
-            raise FormatError(f"unsupported .ddpm format version {old} (this build reads version {VERSION})")
+            raise FormatError(f"unsupported .ddpm format version {old} (this build reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
         raise FormatError("not a .ddpm file (bad format byte)")
     buf = io.BytesIO(data)
     header = Header.unpack_body(buf, model_id, tile)
@@ -227,8 +239,8 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
 def _validate(h: Header) -> None:
     checks = [
         (h.width <= 1 << 16 and h.height <= 1 << 16, "implausible image size"),
-        (1 <= h.budget_bits <= 15 and h.margin_bits <= 12 and h.budget_bits + h.margin_bits <= 20,
-         "channel settings out of range"),
+        (1 <= h.budget_bits <= MAX_BUDGET_BITS[h.version] and h.margin_bits <= 12
+         and h.budget_bits + h.margin_bits <= MAX_CANDIDATE_BITS[h.version], "channel settings out of range"),
         (1 <= h.n_steps <= 1 << 16 and 1 <= h.t_end < 1 << 16 and h.steps_present < 1 << 16, "implausible schedule"),
         (h.payload_bytes < 1 << 40 and h.seed < 1 << 32, "implausible sizes"),
         (not ((h.windowed or h.learned_x0) and h.mode == MODE_BITSBACK), "unknown flags"),

@@ -35,7 +35,7 @@ def new_coder(words: np.ndarray | None = None):
         raise FormatError(f"corrupt payload ({one_line(exc)})") from None
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a file uses one candidate count and few KLs; 2^20 candidates take ~8 MB per law
 def zipf_model(n_candidates: int, kl_bits: float):
     """Truncated Zipf law P(k) ~ (k+1)^-lambda on 0..n-1, lambda = 1 + 1/(KL + 1/e + 1) (Li & El Gamal)."""
     lam = 1.0 + 1.0 / (kl_bits + math.exp(-1.0) + 1.0)
