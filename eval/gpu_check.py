@@ -10,7 +10,7 @@ script goes on):
    and the indices the search picks (float scores may differ in the last digit, so a rare different pick is allowed
    and counted);
 3. encode and decode of N dev images with the model on the device: images/s, every lossless file checked;
-4. the largest chunk budget that keeps encode <= 1 s/image on the device (budgets 12..15 on a few images);
+4. the largest chunk budget that keeps encode <= 1 s/image on the device (budgets 18..20 on a few images);
 5. cross-device decoding: files encoded on the device decoded on the CPU: lossy stops must decode (PSNR against the
    device's own decode is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong
    image.
@@ -153,7 +153,7 @@ def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int
         _part(results, "channel_parity", lambda: _channel_parity(device))
         _part(results, "throughput", lambda: _throughput(model, images, fast))
         files = results["throughput"].pop("_files", [])
-        budgets = (4, 5) if dry_run else (12, 13, 14, 15)
+        budgets = (4, 5) if dry_run else (18, 19, 20)
         _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s))
         _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device))
     results["total_seconds"] = round(time.perf_counter() - start, 1)

@@ -8,8 +8,8 @@ candidate is exactly N(0, I), and the scores of all N candidates, sum_j [a z_j^2
 cross-correlation and one running sum: O(N log N) instead of O(N d_max). Windows overlap, so candidates are not
 independent: their scores correlate as the signed deltas s_j delta_j do at each lag. The signs make that small
 (about 1/sqrt(d)) whatever the deltas look like; without them a chunk whose deltas share a sign (an image-wide
-offset) would see nearly the same score in neighbouring windows. On training originals windows cost about 2% of
-rate at equal N, and they buy far larger chunks and N (README, *Channel simulation*).
+offset) would see nearly the same score in neighbouring windows. What the larger chunks and N buy is measured in
+docs/results/chunk_budget_train16/.
 
 The sender's arrival times are those of channel.pfr (the same per-chunk counter-based streams), and the receiver
 regenerates only the chosen window. Chunks are searched in fixed groups, so the indices are the same for any
