@@ -51,9 +51,10 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--x0-layer", "x0_layer", type=click.Choice(X0_LAYER_CHOICES), default="auto", show_default=True,
               help="Lossless end: the model's learned x_0 layer, the per-file fitted classic layer, or the shorter "
                    "of the two (progressive only).")
-@click.option("--budget", "budget_bits", type=click.IntRange(1, MAX_BUDGET_BITS[VERSION]), default=DEFAULTS["budget_bits"],
-              show_default=True, help="Target KL per PFR chunk, bits (progressive only). Search work grows as "
-                                      "2^budget per chunk, so a GPU affords more.")
+@click.option("--budget", "budget_bits", type=click.IntRange(1, MAX_BUDGET_BITS[VERSION]),
+              default=DEFAULTS["budget_bits"], show_default=True,
+              help="Target KL per PFR chunk, bits (progressive only). Search work grows as 2^budget per chunk, so a "
+                   "GPU affords more.")
 @click.option("--margin", "margin_bits", type=click.IntRange(0, 12), default=DEFAULTS["margin_bits"],
               show_default=True,
               help=f"Extra candidate bits per chunk (2^(budget+margin) candidates, budget + margin <= "

@@ -209,9 +209,10 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings, stop_at_t
         raise InputError(f"this model has no learned x_0 layer for t_end {t_end}")
     if not 1 <= t_end < T:
         raise InputError(f"t_end must be in 1..{T - 1}")
-    top_budget, top_bits = container.MAX_BUDGET_BITS[container.VERSION], container.MAX_CANDIDATE_BITS[container.VERSION]
-    if not (1 <= s.budget_bits <= top_budget and 0 <= s.margin_bits <= 12 and s.budget_bits + s.margin_bits <= top_bits):
-        raise InputError(f"chunk budget must be 1..{top_budget} bits, margin 0..12, budget + margin <= {top_bits}")
+    if not container.channel_settings_ok(container.VERSION, s.budget_bits, s.margin_bits):
+        raise InputError(f"chunk budget must be 1..{container.MAX_BUDGET_BITS[container.VERSION]} bits, margin "
+                         f"0..{container.MAX_MARGIN_BITS}, budget + margin <= "
+                         f"{container.MAX_CANDIDATE_BITS[container.VERSION]}")
     if s.seed < 0 or s.n_steps < 1:
         raise InputError("seed must be >= 0 and steps >= 1")
     h, w, _ = pixels.shape

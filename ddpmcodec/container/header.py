@@ -1,8 +1,9 @@
-"""The .ddpm container (format version 5; version 4 is read too): a compact header followed by the payload (rANS stack words, top first;
-a progressive file's top word is trimmed to its significant bytes, see entropy.rans.stack_to_bytes).
+"""The .ddpm container (format version 5; version 4 is read too): a compact header followed by the payload (rANS
+stack words, top first; a progressive file's top word is trimmed to its significant bytes, see
+entropy.rans.stack_to_bytes).
 
-Layout: format byte 0xD4 | model tag u8 | flags u8 | varints | [settings] | [pixel check, 2 bytes] | file check
-(2 bytes) | stored payload (the payload with block checks, see blocks.py).
+Layout: format byte 0xD5 (0xD4 for version 4) | model tag u8 | flags u8 | varints | [settings] | [pixel check,
+2 bytes] | file check (2 bytes) | stored payload (the payload with block checks, see blocks.py).
 
 The model tag is the first byte of the 4-byte codec identity (weights, configs, rate profile); the whole identity
 enters every check instead of being stored, so a file read with another model fails its checks (or, 255 times in
@@ -40,6 +41,7 @@ DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 18, "margin_bits": 0, "se
 DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS}  # settings a header omits, per version
 MAX_CANDIDATE_BITS = {4: 20, 5: 20}  # budget + margin: log2 of the candidates per chunk (search work, index tables)
 MAX_BUDGET_BITS = {4: 15, 5: 20}
+MAX_MARGIN_BITS = 12
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _F_WINDOWED = 0x40  # progressive only: the network ran on overlapping blended windows (ddpmcodec.network.windows)
 _F_LEARNED_X0 = 0x80  # lossless progressive only: x_0 coded by the model's learned layer (entropy.x0net)
@@ -198,7 +200,8 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
             old = data[0] & 15
         if old in RELEASES:
             raise FormatError(f"this is a version-{old} .ddpm file (written by ddpmcodec {RELEASES[old]}); this build "
-                              f"reads versions 4 and 5: decode it with ddpmcodec {RELEASES[old]} and re-encode")
+                              f"reads versions {', '.join(map(str, READABLE_VERSIONS))}: decode it with ddpmcodec "
+                              f"{RELEASES[old]} and re-encode")
         if old is not None:
             raise FormatError(f"unsupported .ddpm format version {old} (this build reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))})")
@@ -236,11 +239,17 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
     return Parsed(header, body_end + 2, usable, complete, crc is not None, len(payload))
 
 
+def channel_settings_ok(version: int, budget_bits: int, margin_bits: int) -> bool:
+    """Whether a chunk budget and margin are allowed in a file of this format version (the encoder's settings check
+    and the decoder's header check)."""
+    return (1 <= budget_bits <= MAX_BUDGET_BITS[version] and 0 <= margin_bits <= MAX_MARGIN_BITS
+            and budget_bits + margin_bits <= MAX_CANDIDATE_BITS[version])
+
+
 def _validate(h: Header) -> None:
     checks = [
         (h.width <= 1 << 16 and h.height <= 1 << 16, "implausible image size"),
-        (1 <= h.budget_bits <= MAX_BUDGET_BITS[h.version] and h.margin_bits <= 12
-         and h.budget_bits + h.margin_bits <= MAX_CANDIDATE_BITS[h.version], "channel settings out of range"),
+        (channel_settings_ok(h.version, h.budget_bits, h.margin_bits), "channel settings out of range"),
         (1 <= h.n_steps <= 1 << 16 and 1 <= h.t_end < 1 << 16 and h.steps_present < 1 << 16, "implausible schedule"),
         (h.payload_bytes < 1 << 40 and h.seed < 1 << 32, "implausible sizes"),
         (not ((h.windowed or h.learned_x0) and h.mode == MODE_BITSBACK), "unknown flags"),
