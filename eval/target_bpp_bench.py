@@ -1,12 +1,20 @@
-"""`encode --target-bpp` on dev images: PSNR and bpp of the file it writes, against the longest prefix of the default
-file alone (before the deeper lossy-only chain was tried, codec.stop_points.encode_within_bpp).
+"""`encode --target-bpp` on dev images: PSNR and bpp of the file it writes (the best of the default file's prefix,
+the deeper lossy-only chain and files with a schedule made for their stop, codec.stop_points.encode_within_bpp),
+against the longest prefix of the default file alone and against the choice without stop schedules.
 
-    python -m eval.target_bpp_bench --limit 8 --targets 3.5 4 6
+    python -m eval.target_bpp_bench --limit 100 --targets 0.25 0.5 1 --out docs/results/target_bpp_dev100.json
+
+Per target: the mean bpp and PSNR of each, and the mean PSNR gain of the written file over the prefix with its
+standard error over images. One torch thread per process; --offset/--limit shard the images for parallel runs and
+--merge joins shard JSONs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -16,29 +24,71 @@ from ddpmcodec.codec.stop_points import encode_within_bpp, fit_to_bpp, stop_of
 from ddpmcodec.data import load_dev_set
 from ddpmcodec.network.model_io import load_model
 
+KINDS = ("prefix", "no_stop_schedule", "chosen")  # default file's prefix; encode_within_bpp progressive; auto
+
+
+def measure(images, model, targets) -> list[dict]:
+    """Per image and target: (bpp, PSNR, encode s) of each kind."""
+    rows = []
+    auto = CodecSettings()
+    for img in images:
+        h, w = img.shape[:2]
+        start = time.perf_counter()
+        full = encode(img, model, replace(auto, schedule="progressive"))
+        base_s = time.perf_counter() - start
+        row = {}
+        for t in targets:
+            data = fit_to_bpp(full.data, full.steps, model, t, h, w)
+            got = {"prefix": (8 * len(data) / (h * w), stop_of(full, data).psnr, base_s)}
+            for kind, settings in (("no_stop_schedule", replace(auto, schedule="progressive")), ("chosen", auto)):
+                start = time.perf_counter()
+                data, _, stop = encode_within_bpp(img, model, settings, t, base=full)
+                got[kind] = (8 * len(data) / (h * w), stop.psnr, base_s + time.perf_counter() - start)
+            row[str(t)] = got
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for t in rows[0]:
+        gain = [r[t]["chosen"][1] - r[t]["prefix"][1] for r in rows]
+        se = float(np.std(gain, ddof=1) / math.sqrt(len(gain))) if len(gain) > 1 else float("nan")
+        out[t] = {k: {"bpp": float(np.mean([r[t][k][0] for r in rows])),
+                      "psnr_db": float(np.mean([r[t][k][1] for r in rows])),
+                      "encode_s": float(np.mean([r[t][k][2] for r in rows]))} for k in KINDS}
+        out[t]["gain_over_prefix_db"] = float(np.mean(gain))
+        out[t]["gain_se_db"] = se
+    return out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
+    ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--limit", type=int, default=8)
-    ap.add_argument("--targets", type=float, nargs="+", default=[4.0])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--out", default=None, help="JSON with the per-image rows and the summary")
+    ap.add_argument("--merge", nargs="+", default=None, help="shard JSONs to join into --out (no encoding)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    images = load_dev_set(args.limit)
-    rows = {t: {"prefix": [], "chosen": []} for t in args.targets}
-    for img in images:
-        h, w = img.shape[:2]
-        full = encode(img, model, CodecSettings())
-        for t in args.targets:
-            data = fit_to_bpp(full.data, full.steps, model, t, h, w)
-            rows[t]["prefix"].append((8 * len(data) / (h * w), stop_of(full, data).psnr))
-            data, _, stop = encode_within_bpp(img, model, CodecSettings(), t)
-            rows[t]["chosen"].append((8 * len(data) / (h * w), stop.psnr))
-    out = {str(t): {k: {"bpp": float(np.mean([b for b, _ in v])), "psnr_db": float(np.mean([p for _, p in v]))}
-                    for k, v in r.items()} for t, r in rows.items()}
-    print(json.dumps({"images": len(images), "targets": out}, indent=1))
+    torch.set_num_threads(1)
+    if args.merge:
+        parts = [json.load(open(p)) for p in args.merge]
+        rows = [r for p in parts for r in p["rows"]]
+        meta = {"images": " + ".join(p["meta"]["images"] for p in parts),
+                "seconds": sum(p["meta"]["seconds"] for p in parts)}
+    else:
+        model = load_model(args.model)
+        images = load_dev_set(args.offset + args.limit)[args.offset:]
+        start = time.perf_counter()
+        rows = measure(images, model, args.targets)
+        meta = {"images": f"dev {args.offset}..{args.offset + len(images) - 1}",
+                "seconds": time.perf_counter() - start, "torch_threads": 1}
+    result = {"meta": meta, "summary": summarize(rows), "rows": rows}
+    print(json.dumps({"meta": meta, "summary": result["summary"]}, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ def test_legacy_and_future_versions_are_refused_clearly():
         container.unpack(b"DDP\x02" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="version-3 .ddpm file .* ddpmcodec 0.2"):
         container.unpack(b"\xd3" + bytes(30), MID, 32)
-    with pytest.raises(FormatError, match="version 6 .*reads versions 4, 5"):
-        container.unpack(b"\xd6" + bytes(30), MID, 32)
+    with pytest.raises(FormatError, match="version 7 .*reads versions 4, 5, 6"):
+        container.unpack(b"\xd7" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="not a .ddpm file"):
         container.unpack(b"GIF89a" + bytes(30), MID, 32)
 

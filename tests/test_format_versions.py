@@ -1,5 +1,6 @@
-"""Files of format version 4 (ddpmcodec 0.3: independent PFR candidates, chunk budget 12 by default) still decode
-exactly as that release decoded them; new files are version 5."""
+"""Files of format versions 4 (ddpmcodec 0.3: independent PFR candidates, chunk budget 12 by default) and 5
+(ddpmcodec 0.4: sliding-window candidates) still decode exactly as those releases decoded them; new files are
+version 6."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,10 +41,27 @@ def test_version_4_file_decodes_as_before(bundled):
     assert np.array_equal(list(decode_progressive(cut, bundled, every_step=False))[-1].pixels, preview.pixels)
 
 
-def test_new_files_are_version_5_with_the_compact_default_header(bundled):
+def test_version_5_file_decodes_as_before(bundled):
+    """tests/data/v5_default.ddpm was written by the version-5 encoder (ddpmcodec 0.4.0, bundled model, defaults)
+    from tests/data/v4_source.png; its t = 99 preview measured 20.7133 dB there."""
+    data = (DATA / "v5_default.ddpm").read_bytes()
+    img = np.asarray(Image.open(DATA / "v4_source.png"))
+    parsed = container.unpack(data)
+    assert data[0] == 0xD5 and parsed.header.version == 5 and parsed.header.budget_bits == 18
+    preview = list(decode_progressive(data, bundled, stop_at_t=99, every_step=False))[-1]
+    assert preview.t == 99 and preview.bytes_read == 166
+    assert psnr(preview.pixels, img) == pytest.approx(20.7133, abs=1e-3)
+    exact = list(decode_progressive(data, bundled, every_step=False))[-1]
+    assert exact.t == 0 and np.array_equal(exact.pixels, img)
+    cut = truncate(data, bundled, stop_at_t=99)
+    assert cut[0] == 0xD5 and len(cut) == 166
+    assert np.array_equal(list(decode_progressive(cut, bundled, every_step=False))[-1].pixels, preview.pixels)
+
+
+def test_new_files_are_version_6_with_the_compact_default_header(bundled):
     img = np.asarray(Image.open(DATA / "v4_source.png"))
     res = encode(img, bundled, CodecSettings(n_steps=3), stop_at_t=600)
-    assert res.data[0] == 0xD5 and res.header.version == 5 and res.header.budget_bits == 18
+    assert res.data[0] == 0xD6 and res.header.version == 6 and res.header.budget_bits == 18
     default_header = container.Header(**{**res.header.__dict__, "n_steps": 50})
     assert len(default_header.pack_body()) < len(res.header.pack_body())  # n_steps 3 is not a default: stored
     assert container.unpack(res.data).header.budget_bits == 18  # the version-5 default, read back

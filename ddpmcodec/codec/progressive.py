@@ -30,6 +30,7 @@ from ddpmcodec.images import from_tiles, psnr, tile_grid, tiles_to_uint8, to_til
 from ddpmcodec.parallel import single_thread
 from ddpmcodec.network import windows
 from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
+from ddpmcodec.schedule.stop_schedules import stop_schedule
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class CodecSettings:
     prior: str = "calibrated"  # or "fixedlarge"
     windowed: bool | None = None  # network on overlapping blended windows (no tile seams); None: WINDOWED_DEFAULT
     x0_layer: str = "auto"  # auto: the shorter of the model's learned layer (if any) and pixelmodel; learned; classic
+    schedule: str = "auto"  # a lossy file's schedule (schedule.stop_schedules.SCHEDULE_CHOICES): auto: its own few
+    # steps down to its stop where that codes better (format 6), stop: always, progressive: the default's prefix
 
 
 # Multi-tile images are encoded with windowed network evaluation (header flag 0x40) unless settings say otherwise;
@@ -196,12 +199,22 @@ class _Chain:
         return mu_p + math.sqrt(var_p) * z.view(self.mask.shape)
 
 
-def _header_for(model, profile, pixels, source_mode, s: CodecSettings, stop_at_t: int = 0) -> container.Header:
+def _header_for(model, profile, pixels, source_mode, s: CodecSettings,
+                stop_at_t: int = 0) -> tuple[container.Header, bool]:
+    """The header of a file encoded with these settings (steps_present, lossless, payload_bytes still 0), and whether
+    it got a schedule of its own for its stop: a lossy file (stop_at_t > 0) with the default steps and t_end may
+    (stop_schedules)."""
     if s.prior not in container.PRIOR_KINDS:
         raise InputError(f"unknown prior {s.prior!r}; choose from {container.PRIOR_KINDS}")
     T = model.diffusion.T
     t_end = default_t_end(model) if s.t_end is None else s.t_end
-    if s.t_end is None and 0 < stop_at_t < t_end:  # a lossy file asked to go deeper than the default chain
+    n_steps = s.n_steps
+    own = stop_schedule(stop_at_t, s.schedule, T)  # validates s.schedule
+    if s.t_end is not None or s.n_steps != container.DEFAULTS["n_steps"]:
+        own = None  # explicit settings win
+    if own is not None:
+        n_steps, t_end = own
+    elif s.t_end is None and 0 < stop_at_t < t_end:  # a lossy file asked to go deeper than the default chain
         t_end = stop_at_t
     if s.x0_layer not in container.X0_LAYER_CHOICES:
         raise InputError(f"unknown x_0 layer {s.x0_layer!r}; choose from {container.X0_LAYER_CHOICES}")
@@ -218,12 +231,12 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings, stop_at_t
     h, w, _ = pixels.shape
     windowed = WINDOWED_DEFAULT if s.windowed is None else bool(s.windowed)
     multi_tile = tile_grid(h, w, model.unet_config.resolution) != (1, 1)
-    return container.Header(
+    return (container.Header(
         mode=container.MODE_PROGRESSIVE, model_id=codec_model_id(model, profile), width=w, height=h,
         source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
-        n_steps=int(s.n_steps), t_end=int(t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
+        n_steps=int(n_steps), t_end=int(t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
-        pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile))
+        pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile)), own is not None)
 
 
 def pixel_check(pixels: np.ndarray) -> int:
@@ -248,7 +261,9 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
         raise InputError("expected an (H, W, 3) uint8 image")
     channel.check_candidate_generator(model.device)  # the search runs on the model's device
     profile = profile_for(model)
-    h = _header_for(model, profile, pixels, source_mode, settings, stop_at_t)
+    h, own_schedule = _header_for(model, profile, pixels, source_mode, settings, stop_at_t)
+    if own_schedule:  # the file ends at its t_end (its schedule may hold a step between t_end and stop_at_t)
+        stop_at_t = h.t_end
     x0, mask = to_tiles(pixels, h.tile)
     chain = _Chain(model, h, mask, workers)
     steps = chain.steps

@@ -14,6 +14,7 @@ from ddpmcodec.container.limits import DecodeLimits
 from ddpmcodec.codec.progressive import CodecSettings, EncodeResult, StepStat, encode, truncated_file, truncated_size
 from ddpmcodec.codec.decoding import StreamReader
 from ddpmcodec.errors import InputError
+from ddpmcodec.schedule.stop_schedules import stop_schedule
 
 
 @dataclass
@@ -117,7 +118,9 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
              (f"image        {h.width}x{h.height} {container.SOURCE_MODES[h.source_mode]}, tiles {h.tile}px"
               if h.width else f"image        one tile of the model, {container.SOURCE_MODES[h.source_mode]}"),
              (f"model id     {h.model_id.hex()}" if parsed.verified else f"model tag    {h.model_id[0]:02x}"),
-             f"schedule     {h.n_steps} equal-KL steps down to t={h.t_end}, prior {container.PRIOR_KINDS[h.prior_kind]}",
+             f"schedule     {h.n_steps} equal-KL steps down to t={h.t_end}"
+             f"{' (made for its stop)' if h.stop_schedule_code() is not None else ''}, "
+             f"prior {container.PRIOR_KINDS[h.prior_kind]}",
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
              f"content      {h.steps_present} coded steps{layer}",
              f"size         {size} bytes (header {parsed.header_bytes}{checks}), "
@@ -140,16 +143,24 @@ def stop_of(res: EncodeResult, data: bytes) -> StepStat:
 
 
 def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float, *, source_mode: str = "RGB",
-                      progress=None, deep_t_end: int = DEEP_T_END) -> tuple[bytes, EncodeResult, StepStat]:
+                      progress=None, deep_t_end: int = DEEP_T_END,
+                      base: EncodeResult | None = None) -> tuple[bytes, EncodeResult, StepStat]:
     """`encode --target-bpp`: the best valid file within target_bpp, as (bytes, the encode it comes from, its stop).
 
     A default file's lossy stops end at t_end (10 with the learned x_0 layer), and its next point is the lossless
     file. When the budget falls in between and t_end was left to the model, a lossy-only chain down to deep_t_end is
-    encoded as well, and whichever file within the budget has the higher PSNR is kept."""
+    encoded as well, and whichever file within the budget has the higher PSNR is kept. When the default file's
+    prefix is kept and settings.schedule allows, files with a schedule of their own (stop_schedules) are tried at
+    the grid stops between that prefix's stop and the step after the next, and the best within the budget wins.
+    base: the complete encode of these pixels with replace(settings, schedule="progressive"), if the caller has it
+    (several targets for one image)."""
     height, width = pixels.shape[:2]
-    res = encode(pixels, model, settings, source_mode=source_mode, progress=progress)
+    res = base or encode(pixels, model, replace(settings, schedule="progressive"), source_mode=source_mode,
+                         progress=progress)
     data = fit_to_bpp(res.data, res.steps, model, target_bpp, height, width)
     stop = stop_of(res, data)
+    if stop.t > 0 and stop is not res.steps[res.header.steps_present]:
+        return _best_stop_schedule(pixels, model, settings, target_bpp, (data, res, stop), source_mode)
     deepest_lossy = res.steps[res.header.steps_present]
     if settings.t_end is None and stop is deepest_lossy and res.header.t_end > deep_t_end:
         deep = encode(pixels, model, replace(settings, t_end=deep_t_end), source_mode=source_mode,
@@ -161,4 +172,30 @@ def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float,
         deep_stop = stop_of(deep, deep_data)
         if deep_stop.psnr > stop.psnr:
             return deep_data, deep, deep_stop
+    return data, res, stop
+
+
+def _best_stop_schedule(pixels, model, settings: CodecSettings, target_bpp: float,
+                        best: tuple[bytes, EncodeResult, StepStat], source_mode: str):
+    """`best` (a default file's prefix) or a file with a schedule of its own that fits target_bpp with a higher PSNR:
+    a bisection over the grid stops from best's stop down to the default schedule's step after the next (files grow
+    as the stop deepens), each one encoded."""
+    data, res, stop = best
+    if settings.t_end is not None or settings.n_steps != container.DEFAULTS["n_steps"]:
+        return best
+    ts = [st.t for st in res.steps]
+    floor = ts[min(ts.index(stop.t) + 2, len(ts) - 1)]
+    T = model.diffusion.T
+    grid = [t for t in container.STOP_GRID if floor <= t <= stop.t and stop_schedule(t, settings.schedule, T)]
+    budget = int(target_bpp * pixels.shape[0] * pixels.shape[1] / 8)
+    lo, hi = 0, len(grid)  # grid ascends in t, so files shrink along it: find the first that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        own = encode(pixels, model, settings, source_mode=source_mode, stop_at_t=grid[mid])
+        if len(own.data) <= budget:
+            hi = mid
+            if own.steps[-1].psnr > stop.psnr:
+                data, res, stop = own.data, own, own.steps[-1]
+        else:
+            lo = mid + 1
     return data, res, stop

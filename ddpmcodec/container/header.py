@@ -1,9 +1,10 @@
-"""The .ddpm container (format version 5; version 4 is read too): a compact header followed by the payload (rANS
+"""The .ddpm container (format version 6; versions 4 and 5 are read too): a compact header followed by the payload (rANS
 stack words, top first; a progressive file's top word is trimmed to its significant bytes, see
 entropy.rans.stack_to_bytes).
 
-Layout: format byte 0xD5 (0xD4 for version 4) | model tag u8 | flags u8 | varints | [settings] | [pixel check,
-2 bytes] | file check (2 bytes) | stored payload (the payload with block checks, see blocks.py).
+Layout: format byte 0xD6 (0xD4, 0xD5 for versions 4, 5) | model tag u8 | flags u8 | varints | [settings, or one
+stop-schedule byte] | [pixel check, 2 bytes] | file check (2 bytes) | stored payload (the payload with block checks,
+see blocks.py).
 
 The model tag is the first byte of the 4-byte codec identity (weights, configs, rate profile); the whole identity
 enters every check instead of being stored, so a file read with another model fails its checks (or, 255 times in
@@ -18,6 +19,10 @@ Version-2 and version-3 files (ddpmcodec 0.1 and 0.2) are refused with a message
 learned x_0 layer (flag 0x80) and moved the default t_end from 4 to 10. Version 5 changed the channel simulation's
 candidates to sliding windows (channel.pfr_windows) and the default chunk budget from 12 to 18 bits; the layout is
 version 4's, and version-4 files decode as before (their candidates, their defaults: DEFAULTS_BY_VERSION).
+Version 6 (ddpmcodec 0.5) adds the stop-schedule byte: a lossy file whose settings differ from the defaults only in
+its schedule, with t_end in STOP_GRID and n_steps in STOP_STEP_COUNTS (a file encoded for its stop point, see
+schedule.stop_schedules), stores those two in one byte under flag 0x80 (which marks the learned x_0 layer on
+lossless files) instead of the 5-6 bytes of the full settings; everything else is version 5's.
 """
 from __future__ import annotations
 
@@ -28,9 +33,9 @@ from dataclasses import dataclass
 from ddpmcodec.container import blocks
 from ddpmcodec.errors import FormatError, ModelMismatchError
 
-FORMAT_BYTE = 0xD5  # high nibble: .ddpm marker, low nibble: format version (what this build writes)
+FORMAT_BYTE = 0xD6  # high nibble: .ddpm marker, low nibble: format version (what this build writes)
 VERSION = FORMAT_BYTE & 0x0F
-READABLE_VERSIONS = (4, 5)
+READABLE_VERSIONS = (4, 5, 6)
 LEGACY_MAGIC = b"DDP"  # versions 1-2 started with b"DDP" + a version byte
 MODEL_ID_BYTES = 4
 MODE_PROGRESSIVE = 0
@@ -38,13 +43,18 @@ MODE_BITSBACK = 1
 PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
 DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 18, "margin_bits": 0, "seed": 0}
-DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS}  # settings a header omits, per version
-MAX_CANDIDATE_BITS = {4: 20, 5: 20}  # budget + margin: log2 of the candidates per chunk (search work, index tables)
-MAX_BUDGET_BITS = {4: 15, 5: 20}
+DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS, 6: DEFAULTS}  # settings a header omits, per version
+MAX_CANDIDATE_BITS = {4: 20, 5: 20, 6: 20}  # budget + margin: log2 of the candidates per chunk (search work, index tables)
+MAX_BUDGET_BITS = {4: 15, 5: 20, 6: 20}
 MAX_MARGIN_BITS = 12
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _F_WINDOWED = 0x40  # progressive only: the network ran on overlapping blended windows (ddpmcodec.network.windows)
 _F_LEARNED_X0 = 0x80  # lossless progressive only: x_0 coded by the model's learned layer (entropy.x0net)
+_F_STOP_SCHEDULE = 0x80  # lossy progressive, version >= 6: one byte gives (n_steps, t_end) from the grids below
+STOP_SCHEDULE_VERSION = 6
+# t_end values a stop-schedule byte can name (its low 6 bits): 64 timesteps spaced about 6.6% apart from 16 to 900
+STOP_GRID = tuple(round(16 * (900 / 16) ** (k / 63)) for k in range(64))
+STOP_STEP_COUNTS = (4, 8, 12, 16)  # n_steps a stop-schedule byte can name (its high 2 bits)
 X0_LAYER_CHOICES = ("auto", "learned", "classic")  # encoder choice of the lossless end (codec.progressive)
 RELEASES = {1: "0.1", 2: "0.1", 3: "0.2"}  # older, unreadable format versions and the ddpmcodec release that wrote them
 # (version 4, ddpmcodec 0.3, is still read)
@@ -97,7 +107,7 @@ class Header:
     payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
     windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
     learned_x0: int = 0  # 1: x_0 coded by the model's learned layer (entropy.x0net), else by entropy.pixelmodel
-    version: int = VERSION  # format version: 5, or 4 for a file written by ddpmcodec 0.3 (its candidates, defaults)
+    version: int = VERSION  # format version: 6; 5 or 4 for files of ddpmcodec 0.4 or 0.3 (their candidates, defaults)
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -110,11 +120,13 @@ class Header:
         if len(self.model_id) != MODEL_ID_BYTES or self.mode not in (0, 1) or self.version not in READABLE_VERSIONS or \
                 not 0 < self.budget_bits <= MAX_BUDGET_BITS[self.version] or not 0 <= self.margin_bits < 16:
             raise ValueError("header field out of range")
-        custom = self.settings() != self.defaults()
+        stop_code = self.stop_schedule_code()
+        custom = self.settings() != self.defaults() and stop_code is None
         one_tile = self.width == self.height == self.tile
         flags = (_F_BITSBACK * self.mode | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
                  | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile
-                 | _F_WINDOWED * bool(self.windowed) | _F_LEARNED_X0 * bool(self.learned_x0 and self.lossless))
+                 | _F_WINDOWED * bool(self.windowed) | _F_LEARNED_X0 * bool(self.learned_x0 and self.lossless)
+                 | _F_STOP_SCHEDULE * (stop_code is not None))
         out = io.BytesIO()
         out.write(bytes([(FORMAT_BYTE & 0xF0) | self.version, self.model_id[0], flags]))
         for v in ([] if one_tile else [self.width - 1, self.height - 1]) + [self.steps_present, self.payload_bytes]:
@@ -122,9 +134,25 @@ class Header:
         if custom:
             for v in (self.n_steps, self.t_end, self.budget_bits << 4 | self.margin_bits, self.seed):
                 write_varint(out, v)
+        if stop_code is not None:
+            out.write(bytes([stop_code]))
         if self.lossless:
             out.write((self.pixel_crc & 0xFFFF).to_bytes(2, "little"))
         return out.getvalue()
+
+    def stop_schedule_code(self) -> int | None:
+        """The one-byte form of this header's settings (version >= 6, lossy progressive, only n_steps and t_end
+        differ from the defaults, both on their grids), else None."""
+        if self.version < STOP_SCHEDULE_VERSION or self.mode != MODE_PROGRESSIVE or self.lossless:
+            return None
+        if {k: v for k, v in self.settings().items() if k not in ("n_steps", "t_end")} != \
+                {k: v for k, v in self.defaults().items() if k not in ("n_steps", "t_end")}:
+            return None
+        if self.t_end not in STOP_GRID or self.n_steps not in STOP_STEP_COUNTS:
+            return None
+        if (self.n_steps, self.t_end) == (self.defaults()["n_steps"], self.defaults()["t_end"]):
+            return None
+        return STOP_STEP_COUNTS.index(self.n_steps) << 6 | STOP_GRID.index(self.t_end)
 
     @classmethod
     def unpack_body(cls, buf: io.BytesIO, model_id: bytes | None, tile: int | None) -> "Header":
@@ -132,7 +160,8 @@ class Header:
         if len(head) != 3:
             raise FormatError("truncated header")
         version, tag, flags = head[0] & 0x0F, head[1], head[2]
-        if flags & _F_LEARNED_X0 and not flags & _F_LOSSLESS:
+        stop_schedule = bool(flags & _F_STOP_SCHEDULE and not flags & _F_LOSSLESS)
+        if stop_schedule and (version < STOP_SCHEDULE_VERSION or flags & (_F_CUSTOM | _F_BITSBACK)):
             raise FormatError("corrupt header (unknown flags)")
         one_tile = bool(flags & _F_ONE_TILE)
         if one_tile:
@@ -144,6 +173,11 @@ class Header:
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)
+        if stop_schedule:
+            code = buf.read(1)
+            if not code:
+                raise FormatError("truncated header")
+            settings.update(n_steps=STOP_STEP_COUNTS[code[0] >> 6], t_end=STOP_GRID[code[0] & 63])
         crc = 0
         if flags & _F_LOSSLESS:
             extra = buf.read(2)
@@ -155,7 +189,7 @@ class Header:
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
                    pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)),
-                   learned_x0=int(bool(flags & _F_LEARNED_X0)), version=version, **settings)
+                   learned_x0=int(bool(flags & _F_LEARNED_X0 and flags & _F_LOSSLESS)), version=version, **settings)
 
 
 def _crc_header(model_id: bytes, body: bytes) -> int:
