@@ -167,3 +167,18 @@ def test_cli_schedule_option(tiny, tiny_dir, tmp_path):
     r = runner.invoke(cli, ["encode", str(src), "-o", str(tmp_path / "b.ddpm"), "--model", model, "--mode",
                             "bitsback", "--schedule", "stop"])
     assert r.exit_code != 0 and "--schedule" in r.output
+
+
+def test_past_bytes_ends_the_default_file_at_its_second_step_past_the_budget(tiny):
+    img = _image(11)
+    settings = CodecSettings(schedule="progressive")
+    full = encode(img, tiny, settings)
+    sizes = [s.bytes_if_stopped for s in full.steps[:-1]]
+    budget = sizes[len(sizes) // 3]
+    short = encode(img, tiny, settings, past_bytes=budget)
+    first_past = next(k for k, b in enumerate(sizes) if b > budget)
+    assert short.header.steps_present == first_past + 1 and not short.header.lossless  # two prefixes past the budget
+    assert [s.bytes_if_stopped for s in short.steps] == sizes[: first_past + 2]  # the same chain, cut short
+    for target in (8 * budget / 64, 8 * sizes[-1] / 64 + 1):  # a budget inside the chain, and one past t_end
+        assert encode_within_bpp(img, tiny, CodecSettings(), target)[0] == \
+            encode_within_bpp(img, tiny, CodecSettings(), target, base=full)[0]

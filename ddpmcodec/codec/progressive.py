@@ -245,17 +245,19 @@ def pixel_check(pixels: np.ndarray) -> int:
 
 
 def encode(pixels: np.ndarray, model, settings: CodecSettings = CodecSettings(), *, source_mode: str = "RGB",
-           stop_at_t: int = 0, target_psnr: float | None = None,
+           stop_at_t: int = 0, target_psnr: float | None = None, past_bytes: int = 0,
            progress: Callable[[int, int], None] | None = None) -> EncodeResult:
     """Encode uint8 (H, W, 3) pixels. stop_at_t > 0 ends the file at the first coded t <= stop_at_t (lossy);
-    target_psnr ends it at the first step whose x^_0 reaches that PSNR. progress(k, n) is called per step.
-    Runs with one intra-op thread; the caller's thread count sets the parallel workers (tile groups, segments)."""
+    target_psnr ends it at the first step whose x^_0 reaches that PSNR; past_bytes > 0 ends it at the second coded step
+    whose prefix file is larger than that many bytes (the steps --target-bpp looks at). progress(k, n) is called per
+    step. Runs with one intra-op thread; the caller's thread count sets the parallel workers (tile groups, segments)."""
     workers = torch.get_num_threads()
     with single_thread():
-        return _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progress, workers)
+        return _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, past_bytes, progress, workers)
 
 
-def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progress, workers) -> EncodeResult:
+def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, past_bytes, progress,
+            workers) -> EncodeResult:
     start = time.perf_counter()
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError("expected an (H, W, 3) uint8 image")
@@ -272,14 +274,16 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
     stats = [StepStat(t=steps[0], ideal_bits=0.0)]
     symbols: list[tuple[int, np.ndarray, float]] = []
     prev_q = chain.first_log_kl_prediction()
-    stopped = False  # ended early by stop_at_t or a reached target_psnr (an unreached target gives the lossless file)
+    stopped = False  # ended early by stop_at_t, a reached target_psnr or past_bytes (else the lossless file)
+    steps_past = 0  # coded steps whose prefix file is larger than past_bytes
     x0_hat = None
     for k in range(len(steps) - 1):
         t, s = steps[k], steps[k + 1]
         eps = chain.eps(x_t, t)
         x0_hat = chain.x0_hat(x_t, t, eps)
         stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
-        if (stop_at_t and t <= stop_at_t) or (target_psnr is not None and stats[-1].psnr >= target_psnr):
+        if (stop_at_t and t <= stop_at_t) or (target_psnr is not None and stats[-1].psnr >= target_psnr) \
+                or steps_past == 2:
             stopped = True
             x0_hat = None
             break
@@ -297,6 +301,8 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, progre
         prev_q = q
         x_t = chain.advance(k, mu_p, var_p, layout, indices)
         stats.append(StepStat(t=s, ideal_bits=kl_bits))
+        if past_bytes and (steps_past or truncated_size(chain, symbols) > past_bytes):
+            steps_past += 1
         if progress:
             progress(k + 1, len(steps) - 1)
     coder = entropy.new_coder()

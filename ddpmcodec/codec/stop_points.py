@@ -133,6 +133,7 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
     return lines
 
 
+MAX_WALK = 6  # grid stops (about 6.6% of t apart) a --target-bpp search tries each way from the prefix's stop
 DEEP_T_END = 4  # how deep a lossy-only chain goes when a byte budget falls past a default file's last lossy stop
 
 
@@ -149,14 +150,16 @@ def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float,
 
     A default file's lossy stops end at t_end (10 with the learned x_0 layer), and its next point is the lossless
     file. When the budget falls in between and t_end was left to the model, a lossy-only chain down to deep_t_end is
-    encoded as well, and whichever file within the budget has the higher PSNR is kept. When the default file's
-    prefix is kept and settings.schedule allows, files with a schedule of their own (stop_schedules) are tried at
-    the grid stops between that prefix's stop and the step after the next, and the best within the budget wins.
-    base: the complete encode of these pixels with replace(settings, schedule="progressive"), if the caller has it
+    encoded as well, and whichever file within the budget has the higher PSNR is kept. When the budget falls inside
+    the default chain and settings.schedule allows, stop-schedule files (stop_schedules) of every step count are
+    tried near that prefix's stop, and the best file within the budget wins.
+    The default file is encoded only to its second step past the budget. base: the encode of these pixels with
+    replace(settings, schedule="progressive"), complete or with past_bytes <= the budget, if the caller has it
     (several targets for one image)."""
     height, width = pixels.shape[:2]
+    budget = int(target_bpp * height * width / 8)
     res = base or encode(pixels, model, replace(settings, schedule="progressive"), source_mode=source_mode,
-                         progress=progress)
+                         past_bytes=budget, progress=progress)
     data = fit_to_bpp(res.data, res.steps, model, target_bpp, height, width)
     stop = stop_of(res, data)
     if stop.t > 0 and stop is not res.steps[res.header.steps_present]:
@@ -177,25 +180,38 @@ def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float,
 
 def _best_stop_schedule(pixels, model, settings: CodecSettings, target_bpp: float,
                         best: tuple[bytes, EncodeResult, StepStat], source_mode: str):
-    """`best` (a default file's prefix) or a file with a schedule of its own that fits target_bpp with a higher PSNR:
-    a bisection over the grid stops from best's stop down to the default schedule's step after the next (files grow
-    as the stop deepens), each one encoded."""
+    """`best` (a default file's prefix) or a stop-schedule file within target_bpp with a higher PSNR. For each step
+    count the container can name, the deepest grid stop whose file fits is found by walking the grid from the default
+    prefix's stop (files grow as the stop deepens; at most MAX_WALK encodes each way), every candidate encoded."""
     data, res, stop = best
     if settings.t_end is not None or settings.n_steps != container.DEFAULTS["n_steps"]:
         return best
-    ts = [st.t for st in res.steps]
-    floor = ts[min(ts.index(stop.t) + 2, len(ts) - 1)]
     T = model.diffusion.T
-    grid = [t for t in container.STOP_GRID if floor <= t <= stop.t and stop_schedule(t, settings.schedule, T)]
+    grid = [t for t in container.STOP_GRID if stop_schedule(t, settings.schedule, T)]  # ascending t
+    if not grid or stop.t < grid[0]:  # the prefix already reaches deeper than any stop schedule in use
+        return best
     budget = int(target_bpp * pixels.shape[0] * pixels.shape[1] / 8)
-    lo, hi = 0, len(grid)  # grid ascends in t, so files shrink along it: find the first that fits
-    while lo < hi:
-        mid = (lo + hi) // 2
-        own = encode(pixels, model, settings, source_mode=source_mode, stop_at_t=grid[mid])
-        if len(own.data) <= budget:
-            hi = mid
-            if own.steps[-1].psnr > stop.psnr:
-                data, res, stop = own.data, own, own.steps[-1]
-        else:
-            lo = mid + 1
+    start = max([i for i, t in enumerate(grid) if t <= stop.t], default=0)
+    for n_steps in container.STOP_STEP_COUNTS:
+        own_settings = replace(settings, n_steps=n_steps, t_end=None)
+
+        def fitting(i: int) -> EncodeResult | None:
+            own = encode(pixels, model, replace(own_settings, t_end=grid[i]), source_mode=source_mode,
+                         stop_at_t=grid[i])
+            return own if len(own.data) <= budget else None
+
+        found, i = fitting(start), start
+        step = -1 if found else 1  # deeper (smaller t, larger files) while it fits, else shallower until it does
+        for _ in range(MAX_WALK):
+            i += step
+            if not 0 <= i < len(grid):
+                break
+            own = fitting(i)
+            if step < 0 and own is None:
+                break
+            found = own or found
+            if step > 0 and own is not None:
+                break
+        if found is not None and found.steps[-1].psnr > stop.psnr:
+            data, res, stop = found.data, found, found.steps[-1]
     return data, res, stop
