@@ -24,37 +24,25 @@ def bundled():
     return load_model()
 
 
-def test_version_4_file_decodes_as_before(bundled):
-    """tests/data/v4_default.ddpm was written by the version-4 encoder (ddpmcodec 0.3.0, bundled model, defaults)
-    from tests/data/v4_source.png; its t = 99 preview measured 20.7796 dB there."""
-    data = (DATA / "v4_default.ddpm").read_bytes()
-    img = np.asarray(Image.open(DATA / "v4_source.png"))
-    parsed = container.unpack(data)
-    assert data[0] == 0xD4 and parsed.header.version == 4 and parsed.header.budget_bits == 12
-    preview = list(decode_progressive(data, bundled, stop_at_t=99, every_step=False))[-1]
-    assert preview.t == 99 and preview.bytes_read == 169
-    assert psnr(preview.pixels, img) == pytest.approx(20.7796, abs=1e-3)
-    exact = list(decode_progressive(data, bundled, every_step=False))[-1]
-    assert exact.t == 0 and np.array_equal(exact.pixels, img)
-    cut = truncate(data, bundled, stop_at_t=99)  # a prefix of a version-4 file stays a version-4 file
-    assert cut[0] == 0xD4 and len(cut) == 169
-    assert np.array_equal(list(decode_progressive(cut, bundled, every_step=False))[-1].pixels, preview.pixels)
+# Files written by earlier releases (bundled model, defaults, from tests/data/v4_source.png), with what those
+# releases measured: (file, version, default chunk budget, bytes of the t = 99 preview, its PSNR in dB).
+OLD_FILES = [("v4_default.ddpm", 4, 12, 169, 20.7796),  # ddpmcodec 0.3.0: independent candidates
+             ("v5_default.ddpm", 5, 18, 166, 20.7133)]  # ddpmcodec 0.4.0: sliding-window candidates
 
 
-def test_version_5_file_decodes_as_before(bundled):
-    """tests/data/v5_default.ddpm was written by the version-5 encoder (ddpmcodec 0.4.0, bundled model, defaults)
-    from tests/data/v4_source.png; its t = 99 preview measured 20.7133 dB there."""
-    data = (DATA / "v5_default.ddpm").read_bytes()
+@pytest.mark.parametrize("name, version, budget, preview_bytes, preview_db", OLD_FILES)
+def test_old_version_file_decodes_as_before(bundled, name, version, budget, preview_bytes, preview_db):
+    data = (DATA / name).read_bytes()
     img = np.asarray(Image.open(DATA / "v4_source.png"))
     parsed = container.unpack(data)
-    assert data[0] == 0xD5 and parsed.header.version == 5 and parsed.header.budget_bits == 18
+    assert data[0] == 0xD0 | version and parsed.header.version == version and parsed.header.budget_bits == budget
     preview = list(decode_progressive(data, bundled, stop_at_t=99, every_step=False))[-1]
-    assert preview.t == 99 and preview.bytes_read == 166
-    assert psnr(preview.pixels, img) == pytest.approx(20.7133, abs=1e-3)
+    assert preview.t == 99 and preview.bytes_read == preview_bytes
+    assert psnr(preview.pixels, img) == pytest.approx(preview_db, abs=1e-3)
     exact = list(decode_progressive(data, bundled, every_step=False))[-1]
     assert exact.t == 0 and np.array_equal(exact.pixels, img)
-    cut = truncate(data, bundled, stop_at_t=99)
-    assert cut[0] == 0xD5 and len(cut) == 166
+    cut = truncate(data, bundled, stop_at_t=99)  # a prefix of an old file stays a file of that version
+    assert cut[0] == 0xD0 | version and len(cut) == preview_bytes
     assert np.array_equal(list(decode_progressive(cut, bundled, every_step=False))[-1].pixels, preview.pixels)
 
 
