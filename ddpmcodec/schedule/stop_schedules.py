@@ -7,7 +7,7 @@ on container.header.STOP_GRID and n_steps in STOP_STEP_COUNTS; this module is th
 """
 from __future__ import annotations
 
-from ddpmcodec.container.header import STOP_GRID, STOP_STEP_COUNTS
+from ddpmcodec.container.header import STOP_GRID
 from ddpmcodec.errors import InputError
 
 SCHEDULE_CHOICES = ("auto", "stop", "progressive")  # CodecSettings.schedule / encode --schedule
