@@ -1,4 +1,4 @@
-"""PFR with sliding-window candidates (format version 5): many more candidates per chunk for the same work.
+"""PFR with sliding-window candidates (format versions 5 and 6): many more candidates per chunk for the same work.
 
 Format version 4 (channel.pfr) draws every candidate of a chunk afresh, d_max normals each, so N candidates cost
 N * d_max generated values and multiply-adds. Here candidate i of chunk c is z_i[j] = s_c[j] g_c[i + j]: a window

@@ -123,7 +123,7 @@ class _Chain:
         self.coded = torch.nonzero(mask.flatten()).squeeze(1)
         self.free = torch.nonzero(~mask.flatten()).squeeze(1)
         self.n_candidates = 2 ** (h.budget_bits + h.margin_bits)
-        # the candidates: sliding windows of one sequence per chunk (version 5) or independent draws (version 4)
+        # the candidates: sliding windows of one sequence per chunk (versions 5 and 6) or independent draws (version 4)
         self.select = pfr_windows.window_select if h.version >= 5 else channel.pfr_select
         self.reconstruct = pfr_windows.window_reconstruct if h.version >= 5 else channel.pfr_reconstruct
         self.unet_seconds = 0.0
