@@ -49,6 +49,10 @@ class CodecSettings:
     schedule: str = "auto"  # a lossy file's schedule (schedule.stop_schedules.SCHEDULE_CHOICES): auto: its own few
     # steps down to its stop where that codes better (format 6), stop: always, progressive: the default's prefix
 
+    def schedule_left_to_encoder(self) -> bool:
+        """Default steps and t_end: a lossy file may get a stop schedule (explicit --steps or --t-end win)."""
+        return self.t_end is None and self.n_steps == container.DEFAULTS["n_steps"]
+
 
 # Multi-tile images are encoded with windowed network evaluation (header flag 0x40) unless settings say otherwise;
 # chosen by measurement (eval/seams_bench.py, docs/seams/README.md). One-tile images never set the flag.
@@ -210,8 +214,8 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings,
     t_end = default_t_end(model) if s.t_end is None else s.t_end
     n_steps = s.n_steps
     own = stop_schedule(stop_at_t, s.schedule, T)  # validates s.schedule
-    if s.t_end is not None or s.n_steps != container.DEFAULTS["n_steps"]:
-        own = None  # explicit settings win
+    if not s.schedule_left_to_encoder():
+        own = None
     if own is not None:
         n_steps, t_end = own
     elif s.t_end is None and 0 < stop_at_t < t_end:  # a lossy file asked to go deeper than the default chain

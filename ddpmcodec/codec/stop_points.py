@@ -5,6 +5,7 @@ the schedule (from the model's profile) is needed to label steps with their time
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 
 
@@ -77,10 +78,15 @@ def truncate(data: bytes, model, stop_at_t: int | None = None, stop_at_bytes: in
     return truncated_file(reader.chain, reader.symbols[:entry.index])
 
 
+def budget_bytes(target_bpp: float, height: int, width: int) -> int:
+    """The largest file size, in whole bytes, within target_bpp for a height x width image."""
+    return int(target_bpp * height * width / 8)
+
+
 def fit_to_bpp(data: bytes, steps, model, target_bpp: float, height: int, width: int) -> bytes:
     """The longest valid prefix file of an encode within target_bpp (steps: EncodeResult.steps), as
     `encode --target-bpp` writes it; InputError if even the smallest file is larger."""
-    budget = int(target_bpp * height * width / 8)
+    budget = budget_bytes(target_bpp, height, width)
     fitting = [s for s in steps if s.bytes_if_stopped <= budget]
     if not fitting:
         raise InputError(f"--target-bpp {target_bpp} is below the smallest possible file "
@@ -157,14 +163,14 @@ def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float,
     replace(settings, schedule="progressive"), complete or with past_bytes <= the budget, if the caller has it
     (several targets for one image)."""
     height, width = pixels.shape[:2]
-    budget = int(target_bpp * height * width / 8)
+    budget = budget_bytes(target_bpp, height, width)
     res = base or encode(pixels, model, replace(settings, schedule="progressive"), source_mode=source_mode,
                          past_bytes=budget, progress=progress)
     data = fit_to_bpp(res.data, res.steps, model, target_bpp, height, width)
     stop = stop_of(res, data)
-    if stop.t > 0 and stop is not res.steps[res.header.steps_present]:
-        return _best_stop_schedule(pixels, model, settings, target_bpp, (data, res, stop), source_mode)
     deepest_lossy = res.steps[res.header.steps_present]
+    if stop.t > 0 and stop is not deepest_lossy:
+        return _best_stop_schedule(pixels, model, settings, budget, (data, res, stop), source_mode)
     if settings.t_end is None and stop is deepest_lossy and res.header.t_end > deep_t_end:
         deep = encode(pixels, model, replace(settings, t_end=deep_t_end), source_mode=source_mode,
                       stop_at_t=deep_t_end)
@@ -178,35 +184,33 @@ def encode_within_bpp(pixels, model, settings: CodecSettings, target_bpp: float,
     return data, res, stop
 
 
-def _best_stop_schedule(pixels, model, settings: CodecSettings, target_bpp: float,
+def _best_stop_schedule(pixels, model, settings: CodecSettings, budget: int,
                         best: tuple[bytes, EncodeResult, StepStat], source_mode: str):
-    """`best` (a default file's prefix) or a stop-schedule file within target_bpp with a higher PSNR. For each step
+    """`best` (a default file's prefix) or a stop-schedule file within budget bytes with a higher PSNR. For each step
     count the container can name, the deepest grid stop whose file fits is found by walking the grid from the default
     prefix's stop (files grow as the stop deepens; at most MAX_WALK encodes each way), every candidate encoded."""
     data, res, stop = best
-    if settings.t_end is not None or settings.n_steps != container.DEFAULTS["n_steps"]:
+    if not settings.schedule_left_to_encoder():
         return best
     T = model.diffusion.T
     grid = [t for t in container.STOP_GRID if stop_schedule(t, settings.schedule, T)]  # ascending t
     if not grid or stop.t < grid[0]:  # the prefix already reaches deeper than any stop schedule in use
         return best
-    budget = int(target_bpp * pixels.shape[0] * pixels.shape[1] / 8)
-    start = max([i for i, t in enumerate(grid) if t <= stop.t], default=0)
+    start = bisect.bisect_right(grid, stop.t) - 1  # the last grid stop with t <= the prefix's t
+
+    def fitting(n_steps: int, i: int) -> EncodeResult | None:
+        own = encode(pixels, model, replace(settings, n_steps=n_steps, t_end=grid[i]), source_mode=source_mode,
+                     stop_at_t=grid[i])
+        return own if len(own.data) <= budget else None
+
     for n_steps in container.STOP_STEP_COUNTS:
-        own_settings = replace(settings, n_steps=n_steps, t_end=None)
-
-        def fitting(i: int) -> EncodeResult | None:
-            own = encode(pixels, model, replace(own_settings, t_end=grid[i]), source_mode=source_mode,
-                         stop_at_t=grid[i])
-            return own if len(own.data) <= budget else None
-
-        found, i = fitting(start), start
+        found, i = fitting(n_steps, start), start
         step = -1 if found else 1  # deeper (smaller t, larger files) while it fits, else shallower until it does
         for _ in range(MAX_WALK):
             i += step
             if not 0 <= i < len(grid):
                 break
-            own = fitting(i)
+            own = fitting(n_steps, i)
             if step < 0 and own is None:
                 break
             found = own or found

@@ -145,12 +145,10 @@ class Header:
         differ from the defaults, both on their grids), else None."""
         if self.version < STOP_SCHEDULE_VERSION or self.mode != MODE_PROGRESSIVE or self.lossless:
             return None
-        if {k: v for k, v in self.settings().items() if k not in ("n_steps", "t_end")} != \
-                {k: v for k, v in self.defaults().items() if k not in ("n_steps", "t_end")}:
+        differing = {k for k, v in self.settings().items() if v != self.defaults()[k]}
+        if not differing or not differing <= {"n_steps", "t_end"}:
             return None
         if self.t_end not in STOP_GRID or self.n_steps not in STOP_STEP_COUNTS:
-            return None
-        if (self.n_steps, self.t_end) == (self.defaults()["n_steps"], self.defaults()["t_end"]):
             return None
         return STOP_STEP_COUNTS.index(self.n_steps) << 6 | STOP_GRID.index(self.t_end)
 

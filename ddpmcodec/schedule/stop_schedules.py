@@ -7,6 +7,8 @@ on container.header.STOP_GRID and n_steps in STOP_STEP_COUNTS; this module is th
 """
 from __future__ import annotations
 
+import bisect
+
 from ddpmcodec.container.header import STOP_GRID
 from ddpmcodec.errors import InputError
 
@@ -24,8 +26,8 @@ AUTO_MIN_STOP = 120
 
 def grid_stop(stop_t: int) -> int | None:
     """The last grid timestep at or below stop_t (None below the grid)."""
-    below = [t for t in STOP_GRID if t <= stop_t]
-    return below[-1] if below else None
+    i = bisect.bisect_right(STOP_GRID, stop_t)
+    return STOP_GRID[i - 1] if i else None
 
 
 def steps_for_stop(t_end: int) -> int:
