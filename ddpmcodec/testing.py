@@ -5,13 +5,17 @@ parameters are perturbed away from (1, 0), so a loader that swaps two same-shape
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from ddpmcodec.container import header as container
 from ddpmcodec.diffusion import DiffusionConfig
+from ddpmcodec.entropy.rans import stack_to_bytes
 from ddpmcodec.network.model_io import DiffusionModel, load_model, save_model
 from ddpmcodec.network.unet import UNet, UNetConfig
 
@@ -80,3 +84,11 @@ def smooth_image(h: int, w: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     walk = np.cumsum(rng.integers(-9, 10, (h, w, 3)), axis=1) + np.cumsum(rng.integers(-5, 6, (h, 1, 3)), axis=0)
     return np.clip(walk + 128, 0, 255).astype(np.uint8)
+
+
+def pack_without_steps(header: container.Header) -> bytes:
+    """A (crafted) file with no coded data: header only, or, for an end-checked header, the bare end state its check
+    needs as payload (what the encoder writes for a file stopped at x_T)."""
+    state = header.end_state()
+    payload = b"" if state is None else stack_to_bytes(np.array([state], np.uint32))
+    return container.pack(dataclasses.replace(header, payload_bytes=len(payload)), payload)

@@ -20,8 +20,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ddpmcodec.codec.progressive import CodecSettings, encode
+from ddpmcodec.codec.progressive import ENCODER_REVISION, CodecSettings, encode
 from ddpmcodec.codec.stop_points import encode_within_bpp, fit_to_bpp, stop_of
+from ddpmcodec.container import header as container
 from ddpmcodec.data import load_dev_set
 from ddpmcodec.network.model_io import load_model
 
@@ -79,14 +80,16 @@ def main() -> None:
         parts = [json.load(open(p)) for p in args.merge]
         rows = [r for p in parts for r in p["rows"]]
         meta = {"images": " + ".join(p["meta"]["images"] for p in parts),
-                "seconds": sum(p["meta"]["seconds"] for p in parts)}
+                "seconds": sum(p["meta"]["seconds"] for p in parts),
+                **{k: parts[0]["meta"][k] for k in ("format", "encoder") if k in parts[0]["meta"]}}
     else:
         model = load_model(args.model)
         images = load_dev_set(args.offset + args.limit)[args.offset:]
         start = time.perf_counter()
         rows = measure(images, model, args.targets)
         meta = {"images": f"dev {args.offset}..{args.offset + len(images) - 1}",
-                "seconds": time.perf_counter() - start, "torch_threads": 1}
+                "seconds": time.perf_counter() - start, "torch_threads": 1,
+                "format": container.VERSION, "encoder": ENCODER_REVISION}
     result = {"meta": meta, "summary": summarize(rows), "rows": rows}
     print(json.dumps({"meta": meta, "summary": result["summary"]}, indent=1))
     if args.out:

@@ -354,14 +354,17 @@ def _crafted(d: Path, model: str, name: str, **fields) -> Path:
     from ddpmcodec.container import header as container
     from ddpmcodec.network.model_io import load_model
     from ddpmcodec.schedule.steps import profile_for
+    from ddpmcodec.testing import pack_without_steps
 
     m = load_model(model)
     base = dict(mode=0, model_id=codec_model_id(m, profile_for(m)), width=8, height=8, source_mode=0, tile=8,
                 steps_present=0, lossless=0, prior_kind=1, pixel_crc=0, payload_bytes=0, **container.DEFAULTS)
     base.update(fields)
-    payload = bytes(base["payload_bytes"])
     path = d / name
-    path.write_bytes(container.pack(container.Header(**base), payload))
+    if base["payload_bytes"]:
+        path.write_bytes(container.pack(container.Header(**base), bytes(base["payload_bytes"])))
+    else:
+        path.write_bytes(pack_without_steps(container.Header(**base)))
     return path
 
 

@@ -9,7 +9,7 @@ import pytest
 from ddpmcodec.container import header as container
 from ddpmcodec.codec.progressive import CodecSettings, encode
 from ddpmcodec.codec.decoding import StreamReader, decode_progressive
-from ddpmcodec.errors import DeterminismError, FormatError, ModelMismatchError
+from ddpmcodec.errors import CodecError, DeterminismError, FormatError, ModelMismatchError
 from ddpmcodec.codec.stop_points import step_table, truncate
 from ddpmcodec.testing import make_tiny_model, smooth_image
 
@@ -144,6 +144,31 @@ def test_corrupt_and_wrong_version_files(model, coded):
         list(decode_progressive(b"\x89PNG\r\n\x1a\n" + bytes(40), model))
     with pytest.raises(FormatError, match="truncated"):
         list(decode_progressive(coded[1].data[:5], model))
+
+
+def test_any_damage_to_a_lossy_file_fails_its_end_state_before_the_network(model, coded):
+    """Version-7 lossy files carry their whole-file check in the rANS stack's bottom state: every flipped bit, cut,
+    dropped or appended byte is refused when the file is opened (no network run), or, for a byte of the header's
+    first three, by the format, tag or flag checks."""
+    img, res = coded
+    small = truncate(res.data, model, stop_at_t=res.steps[6].t)
+    parsed = container.unpack(small, StreamReader(small, model).parsed.header.model_id, 8)
+    assert parsed.header.end_checked() and parsed.header.implicit_length() and parsed.end_state
+    mutants = [small[:n] for n in range(1, len(small))] + [small + b"\0", small + b"\x01"]
+    mutants += [small[:i] + small[i + 1:] for i in range(len(small))]
+    for i in range(len(small)):
+        for bit in (0x01, 0x10, 0x80):
+            mutants.append(small[:i] + bytes([small[i] ^ bit]) + small[i + 1:])
+    refused = 0
+    for bad in mutants:
+        try:
+            StreamReader(bad, model)
+        except CodecError:
+            refused += 1
+            continue
+        out = list(decode_progressive(bad, model))  # opened: it must be the original (a 2^-16 chance per mutant)
+        np.testing.assert_array_equal(out[-1].pixels, list(decode_progressive(small, model))[-1].pixels)
+    assert refused == len(mutants)
 
 
 def test_determinism_failure_is_reported(model, coded):

@@ -23,10 +23,51 @@ def header(**kw) -> container.Header:
 
 
 def test_default_lossy_header_is_at_most_10_bytes():
-    assert container.unpack(container.pack(header(), bytes(12)), MID, 32).header_bytes == 7
+    small = container.pack(header(), bytes(12))  # version 7: no length, no file check (the end state holds it)
+    assert container.unpack(small, MID, 32).header_bytes == 4 and len(small) == 16
     big = container.pack(header(payload_bytes=200), bytes(200))
-    assert container.unpack(big, MID, 32).header_bytes == 8
-    assert len(big) == 208  # no block check below 256 payload bytes
+    assert container.unpack(big, MID, 32).header_bytes == 4 and len(big) == 204  # no block check up to 256 bytes
+    longer = container.pack(header(payload_bytes=300), bytes(300))  # length stored, one block check
+    assert container.unpack(longer, MID, 32).header_bytes == 6 and len(longer) == 308
+    v6 = container.pack(header(version=6), bytes(12))
+    assert container.unpack(v6, MID, 32).header_bytes == 7
+    assert container.unpack(container.pack(header(version=6, payload_bytes=200), bytes(200)), MID, 32).header_bytes == 8
+
+
+@pytest.mark.parametrize("size", [0, 3, 255, 256, 257, 300, 5000])
+def test_end_checked_lengths_round_trip_implicit_up_to_one_block(size):
+    hd = header(payload_bytes=size)
+    payload = bytes(i * 7 % 251 for i in range(size))
+    data = container.pack(hd, payload)
+    parsed = container.unpack(data, MID, 32)
+    assert parsed.header == hd and parsed.complete and parsed.payload == payload
+    assert hd.implicit_length() == (size <= blocks.FIRST_BLOCK)
+    assert parsed.end_state == hd.end_state() and container.END_STATE_BASE <= parsed.end_state < 2 ** 17
+    assert container.unpack(data).end_state is None  # nothing to check against without the model
+
+
+def test_end_state_covers_identity_and_header_but_not_the_length():
+    base = header()
+    assert base.end_state() == header(payload_bytes=999).end_state()  # the length depends on it, so it stays out
+    others = [header(model_id=b"\x01\x02\x03\x05"), header(steps_present=6), header(source_mode=1), header(seed=1),
+              header(n_steps=8, t_end=container.STOP_GRID[40]), header(width=40)]
+    assert len({base.end_state()} | {h.end_state() for h in others}) == len(others) + 1
+    assert header(lossless=1).end_state() is None and header(version=6).end_state() is None
+    assert header(mode=1).end_state() is None
+
+
+def test_crafted_end_checked_lengths_are_refused():
+    data = container.pack(header(payload_bytes=300), bytes(300))
+    hb = container.unpack(data, MID, 32).header_bytes
+    implicit = bytearray(data)
+    implicit[3] |= 1  # claim an implicit length: the stored length and 300 bytes then make a payload over one block
+    with pytest.raises(FormatError, match="trailing"):
+        container.unpack(bytes(implicit), MID, 32)
+    short = container.pack(header(version=6, payload_bytes=12), bytes(12))
+    body = bytes([0xD7]) + short[1:3] + bytes([5 << 1, 12])  # explicit form for a 12-byte payload
+    with pytest.raises(FormatError, match="short payload with its length stored"):
+        container.unpack(body + bytes(12), MID, 32)
+    assert hb == 6
 
 
 @given(w=st.integers(1, 5000), h=st.integers(1, 5000), present=st.integers(0, 300), lossless=st.booleans(),
@@ -35,9 +76,9 @@ def test_default_lossy_header_is_at_most_10_bytes():
        crc=st.integers(0, 0xFFFF), size=st.integers(0, 2000), mode=st.integers(0, 1))
 @settings(max_examples=150, deadline=None)
 def test_header_round_trip(w, h, present, lossless, gray, n_steps, t_end, budget, margin, seed, crc, size, mode):
-    hd = header(width=w, height=h, steps_present=present, lossless=int(lossless), source_mode=int(gray),
+    hd = header(width=w, height=h, steps_present=present, lossless=int(lossless or mode), source_mode=int(gray),
                 n_steps=n_steps, t_end=t_end, budget_bits=budget, margin_bits=margin, seed=seed,
-                pixel_crc=crc if lossless else 0, payload_bytes=size, mode=mode)
+                pixel_crc=crc if lossless or mode else 0, payload_bytes=size, mode=mode)
     payload = bytes(i * 7 % 251 for i in range(size))
     data = container.pack(hd, payload)
     parsed = container.unpack(data, MID, 32)
@@ -53,11 +94,15 @@ def test_one_tile_images_store_no_size_and_need_the_tile_to_resolve_it():
 
 
 def test_wrong_model_is_refused_by_tag_or_by_the_checks():
-    data = container.pack(header(), bytes(12))
-    with pytest.raises(ModelMismatchError, match="different model"):
-        container.unpack(data, b"\x09\x02\x03\x04", 32)
+    for version in (6, 7):
+        data = container.pack(header(version=version), bytes(12))
+        with pytest.raises(ModelMismatchError, match="different model"):
+            container.unpack(data, b"\x09\x02\x03\x04", 32)
+    data = container.pack(header(version=6), bytes(12))
     with pytest.raises(FormatError, match="different model"):  # same tag, other identity: the file check fails
         container.unpack(data, b"\x01\x02\x03\x05", 32)
+    data = container.pack(header(), bytes(12))  # version 7, lossy: the other identity gives another end state
+    assert container.unpack(data, b"\x01\x02\x03\x05", 32).end_state != container.unpack(data, MID, 32).end_state
 
 
 def test_legacy_and_future_versions_are_refused_clearly():
@@ -65,8 +110,8 @@ def test_legacy_and_future_versions_are_refused_clearly():
         container.unpack(b"DDP\x02" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="version-3 .ddpm file .* ddpmcodec 0.2"):
         container.unpack(b"\xd3" + bytes(30), MID, 32)
-    with pytest.raises(FormatError, match="version 7 .*reads versions 4, 5, 6"):
-        container.unpack(b"\xd7" + bytes(30), MID, 32)
+    with pytest.raises(FormatError, match="version 8 .*reads versions 4, 5, 6, 7"):
+        container.unpack(b"\xd8" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="not a .ddpm file"):
         container.unpack(b"GIF89a" + bytes(30), MID, 32)
 
@@ -105,10 +150,12 @@ def test_damage_inside_a_partial_file_is_refused():
         container.unpack(bytes(data[:cut]), MID, 32)
 
 
-def test_trailing_bytes_refused():
-    data = container.pack(header(payload_bytes=12), bytes(range(12)))
+@pytest.mark.parametrize("kw", [dict(version=6, payload_bytes=12), dict(payload_bytes=300)])
+def test_trailing_bytes_refused(kw):
+    data = container.pack(header(**kw), bytes(range(12)) * (kw["payload_bytes"] // 12))
+    hb = container.unpack(data, MID, 32).header_bytes
     with pytest.raises(FormatError, match="truncated"):  # too short to hold a checked block
-        container.unpack(data[:-4], MID, 32)
+        container.unpack(data[:hb + 10], MID, 32)
     with pytest.raises(FormatError, match="trailing"):
         container.unpack(data + b"x", MID, 32)
 

@@ -1,6 +1,6 @@
-"""Files of format versions 4 (ddpmcodec 0.3: independent PFR candidates, chunk budget 12 by default) and 5
-(ddpmcodec 0.4: sliding-window candidates) still decode exactly as those releases decoded them; new files are
-version 6."""
+"""Files of format versions 4 (ddpmcodec 0.3: independent PFR candidates, chunk budget 12 by default), 5
+(ddpmcodec 0.4: sliding-window candidates) and 6 (ddpmcodec 0.5: stop schedules) still decode exactly as those
+releases decoded them; new files are version 7 (lossy files checked by the coder's end state)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,10 +46,28 @@ def test_old_version_file_decodes_as_before(bundled, name, version, budget, prev
     assert np.array_equal(list(decode_progressive(cut, bundled, every_step=False))[-1].pixels, preview.pixels)
 
 
-def test_new_files_are_version_6_with_the_compact_default_header(bundled):
+def test_v6_stop_schedule_file_decodes_as_before(bundled):
+    """A version-6 lossy file (ddpmcodec 0.5.0, `encode --stop-at t=200`: 12 steps to t = 194, header check field,
+    empty-stack start) keeps decoding, and truncating it keeps version 6."""
+    data = (DATA / "v6_stop200.ddpm").read_bytes()
+    img = np.asarray(Image.open(DATA / "v4_source.png"))
+    parsed = container.unpack(data)
+    assert data[0] == 0xD6 and len(data) == 82 and parsed.header_bytes == 8
+    assert (parsed.header.n_steps, parsed.header.t_end, parsed.header.steps_present) == (12, 194, 12)
+    out = list(decode_progressive(data, bundled, every_step=False))[-1]
+    assert out.t == 194 and psnr(out.pixels, img) == pytest.approx(17.8862, abs=1e-3)
+    cut = truncate(data, bundled, stop_at_t=300)
+    assert cut[0] == 0xD6 and len(cut) < len(data)
+    assert list(decode_progressive(cut, bundled, every_step=False))[-1].t > 194
+
+
+def test_new_files_are_version_7_with_the_compact_default_header(bundled):
     img = np.asarray(Image.open(DATA / "v4_source.png"))
     res = encode(img, bundled, CodecSettings(n_steps=3), stop_at_t=600)
-    assert res.data[0] == 0xD6 and res.header.version == 6 and res.header.budget_bits == 18
+    assert res.data[0] == 0xD7 and res.header.version == 7 and res.header.budget_bits == 18
     default_header = container.Header(**{**res.header.__dict__, "n_steps": 50})
     assert len(default_header.pack_body()) < len(res.header.pack_body())  # n_steps 3 is not a default: stored
     assert container.unpack(res.data).header.budget_bits == 18  # the version-5 default, read back
+    own = encode(img, bundled, CodecSettings(), stop_at_t=200)  # the same image and stop as the version-6 file
+    assert own.header.stop_schedule_code() is not None and container.unpack(own.data).header_bytes == 4
+    assert len(own.data) < len((DATA / "v6_stop200.ddpm").read_bytes())

@@ -42,9 +42,28 @@ def test_a_stop_schedule_costs_one_header_byte_and_round_trips(n_steps, t_end):
     assert container.unpack(data).header.t_end == t_end  # readable without the model too
 
 
+@pytest.mark.parametrize("n_steps", container.STOP_STEP_COUNTS)
+def test_a_whole_stop_schedule_file_stores_no_step_count(n_steps):
+    """Version 7: a file encoded for its stop (every step of its schedule, a short payload) spends 4 header bytes on
+    one tile: format, tag, flags (0x01 without 0x02) and the stop-schedule byte."""
+    whole = header(n_steps=n_steps, t_end=container.STOP_GRID[30], steps_present=n_steps, payload_bytes=20)
+    data = container.pack(whole, bytes(20))
+    parsed = container.unpack(data, MID, 32)
+    assert parsed.header == whole and parsed.header_bytes == 4 and data[2] & 0x03 == 0x01
+    assert parsed.end_state == whole.end_state()
+    for other in (dict(steps_present=n_steps - 1), dict(payload_bytes=300), dict(version=6)):
+        h = header(**{"n_steps": n_steps, "t_end": container.STOP_GRID[30], "steps_present": n_steps, **other})
+        packed = container.pack(h, bytes(h.payload_bytes))
+        assert container.unpack(packed, MID, 32).header == h and packed[2] & 0x03 == 0
+    bad = bytearray(data)
+    bad[2] &= ~0x80  # 0x01 alone without a stop-schedule byte
+    with pytest.raises(FormatError, match="unknown flags"):
+        container.unpack(bytes(bad), MID, 32)
+
+
 def test_other_settings_keep_the_full_form():
     for kw in (dict(lossless=1, pixel_crc=5), dict(seed=3), dict(budget_bits=17), dict(t_end=200),
-               dict(n_steps=5, t_end=container.STOP_GRID[10]), dict(mode=1)):
+               dict(n_steps=5, t_end=container.STOP_GRID[10]), dict(mode=1, lossless=1)):
         h = header(**{"n_steps": 8, "t_end": container.STOP_GRID[40], **kw})
         assert h.stop_schedule_code() is None
         assert container.unpack(container.pack(h, bytes(12)), MID, 32).header == h
@@ -53,15 +72,16 @@ def test_other_settings_keep_the_full_form():
 
 
 def test_crafted_stop_schedule_flags_are_refused():
+    v6 = bytearray(container.pack(header(n_steps=8, t_end=container.STOP_GRID[40], version=6), bytes(12)))
     data = bytearray(container.pack(header(n_steps=8, t_end=container.STOP_GRID[40]), bytes(12)))
-    for patch, msg in (((0, 0xD5), "unknown flags"), ((2, data[2] | 0x10), "unknown flags"),
-                       ((2, data[2] | 0x01), "unknown flags")):
-        bad = bytearray(data)
+    for patch, msg in (((0, 0xD5), "unknown flags"), ((2, v6[2] | 0x10), "unknown flags"),
+                       ((2, v6[2] | 0x01), "unknown flags")):
+        bad = bytearray(v6)  # (version 7 reads 0x01 alone as a whole stop schedule: test_a_whole_stop_schedule_...)
         bad[patch[0]] = patch[1]
         with pytest.raises(FormatError, match=msg):
             container.unpack(bytes(bad), MID, 32)
     with pytest.raises(FormatError, match="truncated header"):
-        container.unpack(bytes(data[:5]), MID, 32)  # flags, two varints, and the code byte missing
+        container.unpack(bytes(data[:4]), MID, 32)  # flags, the steps varint, and the code byte missing
 
 
 def test_the_rule():

@@ -149,4 +149,4 @@ def test_flag_bits_in_header():
     with pytest.raises(Exception, match="unknown flags"):
         container.unpack(bytes(bad))
     with pytest.raises(Exception, match="unknown flags"):
-        container.unpack(container.pack(container.Header(**{**base, "mode": 1}, windowed=1), b""))
+        container.unpack(container.pack(container.Header(**{**base, "mode": 1, "lossless": 1}, windowed=1), b""))

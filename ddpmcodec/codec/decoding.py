@@ -57,13 +57,29 @@ class StreamReader:
             raise FormatError("corrupt header (step count does not match the schedule)")
         if h.learned_x0 and learned_layer_for(model, h.t_end) is None:
             raise FormatError(f"corrupt header (a learned x_0 layer for t_end {h.t_end}, which this model has not)")
-        if h.steps_present == 0 and not h.lossless and h.payload_bytes:
+        if h.steps_present == 0 and not h.lossless and h.payload_bytes and not h.end_checked():
             raise FormatError("corrupt header (a payload but no coded steps)")
         self.words = entropy.bytes_to_stack(self.parsed.payload, h.payload_bytes)
-        self.coder = entropy.new_coder(self.words)
         self.total_words = -(-h.payload_bytes // 4)
+        if self.parsed.end_state is not None and self.parsed.complete:
+            self._check_end_state(self.parsed.end_state)
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self.coder = entropy.new_coder(self.words)
         self.symbols: list[tuple[int, np.ndarray, int]] = []  # popped so far: (log-KL, indices, prediction)
-        self.prev_q = self.chain.first_log_kl_prediction() if last > 0 else 0
+        self.prev_q = self.chain.first_log_kl_prediction() if len(self.chain.steps) > 1 else 0
+
+    def _check_end_state(self, end_state: int) -> None:
+        """The whole-file check of an end-checked file (container.header): popping every coded step must leave
+        exactly the state the encoder's stack started from."""
+        self._rewind()
+        for _ in range(self.parsed.header.steps_present):
+            self.pop_step()
+        left = self.coder.get_compressed()
+        if len(left) != 1 or int(left[0]) != end_state:
+            raise FormatError("corrupt file (end-state check failed: damaged, cut short or extended), or encoded "
+                              "with a different model")
 
     def raw_prefix_bytes(self) -> int:
         """Length of the plain byte prefix of this file that holds everything popped so far."""

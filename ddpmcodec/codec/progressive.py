@@ -59,9 +59,9 @@ class CodecSettings:
 WINDOWED_DEFAULT = True
 
 # Bumped whenever the encoder's choices change for the same image, settings and format (e.g. revision 2: the PFR
-# search's counter-based arrival times; 3: format version 5), so that cached benchmark results are recomputed;
-# decoders do not use it.
-ENCODER_REVISION = 3
+# search's counter-based arrival times; 3: format version 5; 4: format version 7's shorter lossy files), so that cached
+# benchmark results are recomputed; decoders do not use it.
+ENCODER_REVISION = 4
 
 
 def coded_inputs(model, settings: CodecSettings) -> dict:
@@ -186,9 +186,10 @@ class _Chain:
             marks.append(coder.num_valid_bits())
         return marks[::-1]
 
-    def stack_bytes(self, symbols: list[tuple[int, np.ndarray, int]]) -> bytes:
-        """Payload of a file holding only these steps: a fresh stack, as trimmed bytes (entropy.stack_to_bytes)."""
-        coder = entropy.new_coder()
+    def stack_bytes(self, symbols: list[tuple[int, np.ndarray, int]], end_state: int | None = None) -> bytes:
+        """Payload of a file holding only these steps: a fresh stack (started from end_state, see
+        container.header.Header.end_state), as trimmed bytes (entropy.stack_to_bytes)."""
+        coder = entropy.new_coder(initial_state=end_state)
         self.push_steps(coder, symbols)
         return entropy.stack_to_bytes(coder.get_compressed())
 
@@ -309,19 +310,20 @@ def _encode(pixels, model, settings, source_mode, stop_at_t, target_psnr, past_b
             steps_past += 1
         if progress:
             progress(k + 1, len(steps) - 1)
-    coder = entropy.new_coder()
     if not stopped:
         eps = chain.eps(x_t, steps[-1])
         x0_hat = chain.x0_hat(x_t, steps[-1], eps)
         stats[-1].psnr = psnr(tiles_to_uint8(x0_hat, height, width), pixels)
         stopped = bool(stop_at_t and steps[-1] <= stop_at_t)  # a lossy file that ends at t_end
     lossless = not stopped
+    h.steps_present, h.lossless = len(symbols), int(lossless)
+    coder = entropy.new_coder(initial_state=h.end_state())
     if lossless:
         h.learned_x0, x0_bits = _push_x0_layer(coder, model, h, settings.x0_layer, pixels, x0_hat, x_t)
         stats.append(StepStat(t=0, ideal_bits=x0_bits, psnr=float("inf")))
     marks = chain.push_steps(coder, symbols)
     payload = entropy.stack_to_bytes(coder.get_compressed())
-    h.steps_present, h.lossless, h.payload_bytes = len(symbols), int(lossless), len(payload)
+    h.payload_bytes = len(payload)
     data = container.pack(h, payload)
     for k, st in enumerate(stats[: len(symbols) + 1]):
         st.bytes_if_stopped = truncated_size(chain, symbols[:k])
@@ -353,9 +355,9 @@ def _push_x0_layer(coder, model, h: container.Header, choice: str, pixels: np.nd
 def truncated_file(chain: _Chain, symbols: list[tuple[int, np.ndarray, int]]) -> bytes:
     """The valid lossy file holding only these first steps, on a fresh stack (what `truncate` and
     `encode --stop-at` write)."""
-    payload = chain.stack_bytes(symbols)
-    cut = container.Header(**{**chain.h.__dict__, "steps_present": len(symbols), "lossless": 0,
-                              "payload_bytes": len(payload)})
+    cut = container.Header(**{**chain.h.__dict__, "steps_present": len(symbols), "lossless": 0})
+    payload = chain.stack_bytes(symbols, cut.end_state())
+    cut.payload_bytes = len(payload)
     return container.pack(cut, payload)
 
 

@@ -25,8 +25,11 @@ PIXEL_MEAN_GRID = 8  # pixel means are snapped to 1/8 grey level
 SIGMA_TABLE_SIZE = 64
 
 
-def new_coder(words: np.ndarray | None = None):
-    """An AnsCoder; with words (uint32, top of stack last) a decoder."""
+def new_coder(words: np.ndarray | None = None, initial_state: int | None = None):
+    """An AnsCoder; with words (uint32, top of stack last) a decoder; with initial_state (1..2^32-1) an encoder whose
+    stack starts from that state instead of empty (the end state of container.header's end-checked files)."""
+    if initial_state is not None:
+        return _AnsCoder(np.array([initial_state], dtype=np.uint32))
     if words is None:
         return _AnsCoder()
     try:
