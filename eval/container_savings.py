@@ -67,7 +67,8 @@ def main() -> None:
                        "seconds": time.perf_counter() - start},
               "mean_saving_bytes": float(np.mean([r["saving"] for r in coded])), "per_stop": rows}
     for r in rows:
-        print(f"t={r['t']:>4}  {r['bytes']:8.1f} B  (v{args.old_version} {r['bytes_old']:8.1f})  saving {r['saving']:.2f}")
+        print(f"t={r['t']:>4}  {r['bytes']:8.1f} B  (v{args.old_version} {r['bytes_old']:8.1f})  "
+              f"saving {r['saving']:.2f}")
     print(f"mean saving over coded stops: {result['mean_saving_bytes']:.2f} bytes")
     if args.out:
         with open(args.out, "w") as f:

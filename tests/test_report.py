@@ -14,6 +14,7 @@ from ddpmcodec.testing import make_tiny_model
 from eval.report import main as report
 from eval.report import classic
 from eval.report import model as rm
+from eval.report import targets as rt
 from ddpmcodec.batch.result_cache import Cache
 from eval.report.write import psnr_at
 
@@ -49,6 +50,7 @@ def _argv(tmp, out="out", *extra):
             "--limit", "3", "--bound-limit", "2", "--split-limit", "3", "--split-t-samples", "3",
             "--strip-images", "2", "--strip-t", "20,10,4",
             "--steps", "4", "--t-end", "2", "--budget", "6", "--margin", "2", "--threads", "1",
+            "--targets", "0.5,8,12,40",
             "--out", str(tmp / out), "--cache", str(tmp / "cache"), "--bitsback-json", str(tmp / "none.json"),
             "-q", *extra]
 
@@ -72,7 +74,8 @@ def test_outputs_written_with_compressai_structure(first_run):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     files = sorted((out / "results").glob("*.json"))
     names = {json.loads(f.read_text())["name"] for f in files}
-    assert {"DDPM progressive (coded)", "DDPM ideal (bound)", "JPEG"} <= names
+    assert {"DDPM progressive (coded)", "DDPM ideal (bound)", "JPEG", "DDPM --target-bpp (coded, one file per target)"
+            } <= names
     for f in files:
         r = json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name}: non-strict JSON {c}"))
         assert isinstance(r["name"], str) and isinstance(r["description"], str)
@@ -97,6 +100,12 @@ def test_summary_counts_and_lossless(first_run):
     assert s["bound_summary"]["n_images"] == 2 and s["bound_summary"]["mode"] == "exact"
     assert s["n_split"] == 3 and s["split_summary"]["mode"] == "mc" and s["split_summary"]["t_samples"] == 3
     assert s["coded"]["n_images"] == 3
+    per_target = s["targets"]
+    assert per_target["n_images"] == 3 and per_target["targets"] == [0.5, 8, 12, 40]
+    assert all(b <= t for b, t in zip(per_target["bpp"], per_target["targets"]))  # every file within its budget
+    assert np.all(np.diff(per_target["bpp"]) > 0) and np.all(np.diff(per_target["psnr_db"][:3]) > 0)
+    assert per_target["lossless_share"] == [0, 0, 0, 1] and per_target["psnr_db"][3] is None  # 40 bpp: exact file
+    assert s["coded"]["lossless_bpd"] * 3 < 40
     lossless = {r["name"]: r for r in json.loads((first_run / "lossless.json").read_text())}
     assert lossless["DDPM bits-back (one file for the set)"]["status"] == "not run"
     assert "python -m eval.bitsback_bench" in lossless["DDPM bits-back (one file for the set)"]["note"]
@@ -115,7 +124,7 @@ def test_cache_hits_skip_recomputation(setup, first_run, monkeypatch):
         raise AssertionError("recomputed although cached")
 
     for mod, name in ((rm, "model_bound"), (rm, "encode"), (rm, "decode_progressive"), (classic, "run_codec"),
-                      (classic, "msssim_per_image")):
+                      (classic, "msssim_per_image"), (rt, "encode_within_bpp"), (rt, "decode_progressive")):
         monkeypatch.setattr(mod, name, boom)
     assert report.main(_argv(tmp, "out2")) == 0
     s = json.loads((tmp / "out2" / "summary.json").read_text())

@@ -118,7 +118,8 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
     n_checks = (size - parsed.header_bytes - len(parsed.payload)) // blocks.CHECK_BYTES
     checks = f", block checks {blocks.CHECK_BYTES * n_checks}" if n_checks else ""
     if h.end_checked():
-        checks += ", file check in the coder's end state" + (" (verified)" if parsed.verified and parsed.complete else "")
+        checks += ", file check in the coder's end state" + (" (verified)" if parsed.verified and parsed.complete
+                                                             else "")
     layer = f" + exact x_0 layer (lossless, {'learned' if h.learned_x0 else 'classic'})" if h.lossless else ""
     lines = [f"format       .ddpm v{h.version}, {'progressive' if h.mode == 0 else 'bits-back'}"
              f"{'' if parsed.complete else ' (PARTIAL FILE: payload cut off)'}"

@@ -56,8 +56,10 @@ MODE_BITSBACK = 1
 PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
 DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 18, "margin_bits": 0, "seed": 0}
-DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS, 6: DEFAULTS, 7: DEFAULTS}  # settings a header omits, per version
-MAX_CANDIDATE_BITS = {4: 20, 5: 20, 6: 20, 7: 20}  # budget + margin: log2 of the candidates per chunk (search work, index tables)
+# settings a header omits, per version
+DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS, 6: DEFAULTS, 7: DEFAULTS}
+# budget + margin: log2 of the candidates per chunk (search work, index tables)
+MAX_CANDIDATE_BITS = {4: 20, 5: 20, 6: 20, 7: 20}
 MAX_BUDGET_BITS = {4: 15, 5: 20, 6: 20, 7: 20}
 MAX_MARGIN_BITS = 12
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -123,7 +125,7 @@ class Header:
     payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
     windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
     learned_x0: int = 0  # 1: x_0 coded by the model's learned layer (entropy.x0net), else by entropy.pixelmodel
-    version: int = VERSION  # format version: 7; 4..6 for files of ddpmcodec 0.3..0.5 (their candidates, defaults, layout)
+    version: int = VERSION  # format version: 7; 4..6 for files of ddpmcodec 0.3..0.5 (candidates, defaults, layout)
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -165,9 +167,10 @@ class Header:
         custom = self.settings() != self.defaults() and stop_code is None
         one_tile = self.width == self.height == self.tile
         whole = self.whole_stop_schedule(canonical)
-        flags = (_F_BITSBACK * (self.mode or whole) | _F_LOSSLESS * bool(self.lossless) | _F_GRAY * (self.source_mode == 1)
-                 | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom | _F_ONE_TILE * one_tile
-                 | _F_WINDOWED * bool(self.windowed) | _F_LEARNED_X0 * bool(self.learned_x0 and self.lossless)
+        flags = (_F_BITSBACK * (self.mode or whole) | _F_LOSSLESS * bool(self.lossless)
+                 | _F_GRAY * (self.source_mode == 1) | _F_CALIBRATED * (self.prior_kind == 1) | _F_CUSTOM * custom
+                 | _F_ONE_TILE * one_tile | _F_WINDOWED * bool(self.windowed)
+                 | _F_LEARNED_X0 * bool(self.learned_x0 and self.lossless)
                  | _F_STOP_SCHEDULE * (stop_code is not None))
         out = io.BytesIO()
         out.write(bytes([(FORMAT_BYTE & 0xF0) | self.version, self.model_id[0], flags]))

@@ -16,7 +16,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ddpmcodec.errors import InputError
 from eval.report import classic
 from eval.report import model as rm
 from eval.report import plots
+from eval.report import targets as rt
 from eval.report import write as rw
 from ddpmcodec.batch.result_cache import Cache, image_digest
 from eval.report.options import BITSBACK_JSON  # noqa: F401  (re-exported)
@@ -136,6 +137,19 @@ def run(args, command: str) -> dict:
         coded = rm.coded_curve(per_image, int(images[0].size))
         stage["codec"] = float(np.nansum([p["encode_s"] + p["decode_s"] for p in per_image]))
     s["coded"] = coded
+    try:
+        targets = [float(x) for x in args.targets.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--targets must be comma-separated numbers, got {args.targets!r}") from None
+    if any(not 0 < t <= 64 for t in targets):
+        raise InputError("--targets must lie in (0, 64] bpp")
+    per_target = None
+    if targets and len(images):
+        log(f"[2/5] the files --target-bpp writes, {len(targets)} targets on {len(images)} images")
+        per_target = rt.target_curve(model, images, args.offset, replace(settings, t_end=args.t_end), targets, cache,
+                                     progress=progress, ray=ray, ref=ref)
+        stage["targets"] = per_target["n_images"] * float(sum(per_target["encode_s"]) + sum(per_target["decode_s"]))
+    s["targets"] = per_target
 
     log(f"[3/5] classic codecs on {len(images)} images")
     lossy, notes = ([], ["classic codecs skipped (--no-classic)"]) if args.no_classic else classic.lossy_codecs()
@@ -189,6 +203,8 @@ def run(args, command: str) -> dict:
     if coded is not None:
         real, chain = rw.coded_results(coded, asdict(settings), images_desc)
         rd = [real, chain] + rd
+    if per_target is not None:
+        rd.insert(0, rt.target_result(per_target, images_desc))
     if ideal is not None:
         bound_desc = f"{src}, images {args.offset}..{args.offset + len(bound_images) - 1}"
         rd.append(rw.ideal_bound_result(ideal, len(bound_images), bound_desc, ideal.get("ms_ssim")))
@@ -198,7 +214,7 @@ def run(args, command: str) -> dict:
     rw.write_json(out / "lossless.json", s["lossless"])
     plots.fig5(ideal, coded, out / "fig5.png", n_bound=len(bound_images), n_coded=len(images), T=s["T"])
     plots.rd_curves(s["classic"], ideal, coded, out / "rd.png", n_bound=len(bound_images),
-                    literature=not args.no_literature)
+                    literature=not args.no_literature, targets=per_target)
     if strip is not None:
         plots.strip(strip, out / "strip.png")
     s["stage_seconds"] = {k: round(v, 1) for k, v in stage.items()}

@@ -51,6 +51,9 @@ OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                help="Images in the progressive strip; 0 skips.")),
     (("--strip-t",), dict(default="1000,600,400,250,150,100,60,30,15,4", show_default=True,
                           help="t values shown in the strip (nearest coded steps), comma-separated.")),
+    (("--targets",), dict(default="0.25,0.5,1,2,4", show_default=True,
+                          help="Target bpp of the per-target series (the file `encode --target-bpp` writes for each, "
+                               "on the codec's images), comma-separated; empty skips.")),
     (("--steps",), dict(type=_P, default=DEFAULTS["n_steps"], show_default=True, help="Coded steps.")),
     (("--t-end",), dict(type=_P, default=None,
                         help="Last channel-simulated t [the t_end of the model's learned x_0 layer, else 10].")),

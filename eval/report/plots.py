@@ -12,7 +12,7 @@ PAPER_TABLE4 = [(100, 0.00000, 67.60), (200, 0.00013, 60.97), (300, 0.00081, 54.
 LITERATURE = {"BPG (UQDM eval)": [(0.33, 19.3), (0.5, 21.7), (0.74, 25.0), (1.0, 26.6), (1.74, 31.0), (2.0, 31.8),
                                    (4.0, 37.5)],  # notes sections 9 and 14
               "UQDM T=4 (UQDM eval)": [(0.85, 21.9), (2.78, 31.2)], "VDM ideal (UQDM eval)": [(0.49, 27.4)]}
-COLORS = {"bound": "#1f77b4", "chain": "#2ca02c", "coded": "#d62728", "paper": "black"}
+COLORS = {"bound": "#1f77b4", "chain": "#2ca02c", "coded": "#d62728", "target": "#000000", "paper": "black"}
 CLASSIC_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 
 
@@ -72,7 +72,7 @@ def _db(ms: np.ndarray) -> np.ndarray:
 
 
 def rd_curves(classic: list[dict], ideal: dict | None, coded: dict | None, path: str | Path, *,
-              n_bound: int = 0, literature: bool = True) -> Path:
+              n_bound: int = 0, literature: bool = True, targets: dict | None = None) -> Path:
     """PSNR vs bpp (left) and MS-SSIM (dB = -10 log10(1 - MS-SSIM)) vs bpp (right), log bpp axis.
 
     classic: classic.sweep dicts; DDPM curves: mean per-image PSNR for the codec (coded and its own ideal),
@@ -110,6 +110,15 @@ def rd_curves(classic: list[dict], ideal: dict | None, coded: dict | None, path:
                     label=f"DDPM ideal: ΣKL of the coded steps ({n} img)")
             a2.plot(3 * np.array(coded["coded_bpd"]), ms, "-", color=COLORS["coded"], lw=2.2, marker=".", ms=5,
                     label=f"DDPM coded: real file bytes ({n} img)")
+    if targets is not None:
+        keep = [j for j, p in enumerate(targets["psnr_db"]) if p is not None and np.isfinite(p)]
+        x = np.array(targets["bpp"])[keep]
+        label = f"DDPM coded: --target-bpp, one file per target ({targets['n_images']} img)"
+        a1.plot(x, np.array(targets["psnr_db"])[keep], "-", color=COLORS["target"], lw=1.8, marker="o", ms=6,
+                label=label)
+        if all(targets["ms_ssim"][j] is not None for j in keep):
+            a2.plot(x, _db(np.array([targets["ms_ssim"][j] for j in keep])), "-", color=COLORS["target"], lw=1.8,
+                    marker="o", ms=6, label=label)
     if literature:
         for (label, pts), m in zip(LITERATURE.items(), "xP+"):
             x, y = zip(*pts)

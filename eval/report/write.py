@@ -234,6 +234,14 @@ def markdown(s: dict) -> str:
     out += [f"## 3. Against classic codecs ({n} images)", "", "![PSNR and MS-SSIM vs bpp](rd.png)", "",
             "PSNR (dB) at given bpp, read off each curve (linear in log bpp between measured points; – outside the "
             "measured range):", ""] + rd_table(s["rd_results"]) + [""]
+    if s.get("targets"):
+        from eval.report.targets import target_rows
+
+        out += [f"The *--target-bpp* row: one file per target and image, the one `ddpmcodec encode --target-bpp B` "
+                "writes (the best within the budget of the default file's prefix, files with a schedule made for "
+                "their stop, and the deeper lossy-only chain), decoded; means over "
+                f"{s['targets']['n_images']} images (± standard error), encode time as the CLI runs it:", ""]
+        out += target_rows(s["targets"]) + [""]
     if any(r["name"].startswith("HEVC intra") for r in s["rd_results"]):
         out += [f"Published BPG (HEVC intra) on CIFAR-10: {' / '.join(f'{p:.1f}' for _, p in BPG_PUBLISHED)} dB at "
                 f"{' / '.join(f'{b:g}' for b, _ in BPG_PUBLISHED)} bpp (UQDM evaluation data), a raw bitstream with "
