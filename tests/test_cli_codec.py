@@ -50,6 +50,11 @@ def test_encode_decode_lossless_and_info(env):
     assert info.strip().splitlines()[-1].split()[1] == "0"  # last stop point is the exact image
     header_only = run("info", d / "img.ddpm", "--no-steps").output
     assert "step" not in header_only.splitlines()[-1]
+    Image.fromarray(rgb[:8, :8]).save(d / "one_tile.png")  # one tile: its size comes with the model, not the file
+    run("encode", d / "one_tile.png", "--model", model, *FAST, "--stop-at", "t=40", "-q")
+    one_tile = run("info", d / "one_tile.ddpm", "--no-steps").output
+    assert "one tile of the model" in one_tile and "coder's end state" in one_tile and "v7" in one_tile
+    assert "8x8 RGB" in run("info", d / "one_tile.ddpm", "--model", model).output
 
 
 def test_refuses_to_overwrite_without_force(env):

@@ -133,7 +133,8 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
              f"content      {h.steps_present} coded steps{layer}",
              f"size         {size} bytes (header {parsed.header_bytes}{checks}), "
-             f"{8 * size / (h.width * h.height):.3f} bpp"]
+             + (f"{8 * size / (h.width * h.height):.3f} bpp" if h.width
+                else "bpp: the tile size comes with the model")]
     if table:
         lines.append(f"{'step':>6} {'t':>6} {'bytes':>9} {'bpp':>8} {'bits/dim':>9}")
         for e in table:
