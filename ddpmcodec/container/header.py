@@ -23,7 +23,7 @@ Version 6 (ddpmcodec 0.5) adds the stop-schedule byte: a lossy file whose settin
 its schedule, with t_end in STOP_GRID and n_steps in STOP_STEP_COUNTS (a file encoded for its stop point, see
 schedule.stop_schedules), stores those two in one byte under flag 0x80 (which marks the learned x_0 layer on
 lossless files) instead of the 5-6 bytes of the full settings; everything else is version 5's.
-Version 7 (ddpmcodec 0.6) shortens lossy progressive files by about 3 bytes (`Header.end_checked`), the rest is
+Version 7 (ddpmcodec 0.6) shortens lossy progressive files by 2 to 3 bytes (`Header.end_checked`), the rest is
 version 6's: (1) their whole-file check is the rANS stack's bottom state instead of a header field. The encoder
 starts the stack from `end_state` (2^16 + a 16-bit CRC of the identity and the header), and the decoder must pop
 every coded step (no network needed) and land on exactly that state with no word left, so any damage to header or
