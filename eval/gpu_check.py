@@ -12,16 +12,21 @@ script goes on):
 3. encode and decode of N dev images with the model on the device: images/s, every lossless file checked;
 4. the largest chunk budget that keeps encode <= 1 s/image on the device (budgets 18..20 on a few images);
 5. cross-device decoding: files encoded on the device decoded on the CPU: lossy stops must decode (PSNR against the
-   device's own decode is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong
-   image.
-The dry run uses a tiny random model and generated images on the CPU, so the test suite exercises every part.
+   original is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong image;
+6. batch coding on the device (`encode_many` / `decode_many`, --batch-workers processes sharing the device): images/s
+   against part 3's single-image path, every file byte-identical to part 3's and every decode bit-exact;
+7. the test suite's device-relevant tests (--tests), run on the device machine with its torch build.
+Part 3 stops adding images after --max-seconds, so the whole check fits its time on slower devices too.
+The dry run uses a tiny random model and generated images on the CPU, so the test suite exercises parts 1-6.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,10 +80,12 @@ def _channel_parity(device: str) -> dict:
     return {"chunks": chunks, "picks_that_differ": picks_differ, "rebuilt_bit_identical": rebuilt_equal}
 
 
-def _throughput(model, images: np.ndarray, settings: CodecSettings) -> dict:
+def _throughput(model, images: np.ndarray, settings: CodecSettings, max_seconds: float) -> dict:
     enc_s, dec_s, sizes = 0.0, 0.0, []
     files = []
     for im in images:
+        if enc_s + dec_s > max_seconds:
+            break
         start = time.perf_counter()
         res = encode(im, model, settings)
         enc_s += time.perf_counter() - start
@@ -89,8 +96,8 @@ def _throughput(model, images: np.ndarray, settings: CodecSettings) -> dict:
             raise AssertionError("a lossless round trip on the device failed")
         sizes.append(len(res.data))
         files.append(res.data)
-    n, dims = len(images), images[0].size
-    return {"images": n, "encode_images_per_s": n / enc_s, "decode_images_per_s": n / dec_s,
+    n, dims = len(files), images[0].size
+    return {"images": n, "images_offered": len(images), "max_seconds": max_seconds, "encode_images_per_s": n / enc_s, "decode_images_per_s": n / dec_s,
             "encode_s_per_image": enc_s / n, "decode_s_per_image": dec_s / n,
             "lossless_bits_per_dim": 8 * float(np.mean(sizes)) / dims, "_files": files}
 
@@ -131,31 +138,82 @@ def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) ->
             "lossy_stop_t50_psnr_db": float(np.mean(lossy_psnr))}
 
 
+def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettings, device: str, workers: int,
+                      single: dict, tmp: Path) -> dict:
+    """encode_many / decode_many over the images; the files part 3 also wrote are compared byte for byte."""
+    from ddpmcodec.batch import decode_many, encode_many
+    from ddpmcodec.images import load_image
+
+    files = single.get("_files", [])
+    if not files:
+        raise RuntimeError("part 3 (throughput) coded no images to compare with")
+    src = tmp / "batch.npz"
+    np.savez(src, images=images)
+    enc = encode_many([src], model_spec, settings, out_dir=tmp / "enc", workers=workers, device=device)
+    coded = [Path(r.output).read_bytes() if r.status == "done" else None for r in enc.results]
+    dec = decode_many([tmp / "enc"], model_spec, out_dir=tmp / "dec", workers=workers, device=device)
+    if enc.failed or dec.failed:
+        raise AssertionError(f"batch failures: {(enc.failures + dec.failures)[:3]}")
+    exact = sum(np.array_equal(load_image(r.output).pixels, im) for r, im in zip(dec.results, images))
+    identical = sum(a == b for a, b in zip(coded, files))
+    if identical != len(files) or exact != len(images):
+        raise AssertionError(f"{identical}/{len(files)} batch files equal the single-image ones, "
+                             f"{exact}/{len(images)} batch decodes bit-exact")
+    n = len(images)
+    single_s_per_image = 1 / single["encode_images_per_s"] + 1 / single["decode_images_per_s"]
+    return {"images": n, "workers": workers, "encode_images_per_s": n / enc.seconds,
+            "decode_images_per_s": n / dec.seconds, "encode_plus_decode_images_per_s": n / (enc.seconds + dec.seconds),
+            "files_compared_with_single_image": len(files), "files_identical_to_single_image": identical,
+            "decodes_bit_exact": exact,
+            "speedup_vs_single_image": single_s_per_image / ((enc.seconds + dec.seconds) / n),
+            "lossless_bits_per_dim": 8 * enc.total_bytes / (n * images[0].size)}
+
+
+def _device_tests(tests: list[str], device: str, timeout_s: float) -> dict:
+    """Runs the given test files with pytest in a subprocess (DDPMCODEC_TEST_DEVICE names the device)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    env = {**os.environ, "DDPMCODEC_TEST_DEVICE": device}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0:
+        raise AssertionError(f"pytest exit {proc.returncode}: {' | '.join(lines[-6:])}")
+    return {"tests": tests, "summary": lines[-1] if lines else ""}
+
+
 def _load(dry_run: bool, device: str, n_images: int, tmp: Path):
+    """(model on the device, its spec for load_model, images (N, H, W, 3) uint8)."""
     if dry_run:
         from ddpmcodec.testing import make_tiny_model, smooth_image
 
         model = make_tiny_model(tmp, resolution=8, seed=0).to(device)
-        return model, np.stack([smooth_image(8, 8, seed=i) for i in range(n_images)])
+        return model, str(tmp / "tiny-r8-s0.safetensors"), np.stack([smooth_image(8, 8, seed=i)
+                                                                       for i in range(n_images)])
     from ddpmcodec.data import load_dev_set
     from ddpmcodec.network.model_io import load_model
 
-    return load_model("default", device=device), load_dev_set(n_images)
+    return load_model("default", device=device), "default", load_dev_set(n_images)
 
 
-def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int, limit_s: float) -> dict:
+def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int, limit_s: float,
+        max_seconds: float = 180.0, batch_images: int = 64, batch_workers: int = 4, tests: list[str] = ()) -> dict:
     results: dict = {"command": "python -m eval.gpu_check " + " ".join(sys.argv[1:]), "dry_run": dry_run}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model, images = _load(dry_run, device, n_images, Path(tmp))
+        model, model_spec, images = _load(dry_run, device, n_images, Path(tmp))
         fast = CodecSettings(n_steps=8, budget_bits=6) if dry_run else CodecSettings()
         _part(results, "device", lambda: _device_facts(device))
         _part(results, "channel_parity", lambda: _channel_parity(device))
-        _part(results, "throughput", lambda: _throughput(model, images, fast))
+        _part(results, "throughput", lambda: _throughput(model, images, fast, max_seconds))
+        single = dict(results["throughput"])
         files = results["throughput"].pop("_files", [])
         budgets = (4, 5) if dry_run else (18, 19, 20)
         _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s))
         _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device))
+        single["_files"] = files[:batch_images]
+        _part(results, "batch", lambda: _batch_throughput(model_spec, images[:batch_images], fast, device,
+                                                          batch_workers, single, Path(tmp)))
+        if tests:
+            _part(results, "device_tests", lambda: _device_tests(list(tests), device, timeout_s=240))
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v)
@@ -169,15 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=256, help="dev images encoded and decoded on the device")
     ap.add_argument("--budget-images", type=int, default=8, help="images per budget in the budget search")
     ap.add_argument("--limit-s", type=float, default=1.0, help="encode seconds per image the budget must keep")
+    ap.add_argument("--max-seconds", type=float, default=180.0,
+                    help="part 3 codes no further image once encode + decode have taken this long")
+    ap.add_argument("--batch-images", type=int, default=64, help="images coded by encode_many (those part 3 coded are compared)")
+    ap.add_argument("--batch-workers", type=int, default=4, help="worker processes sharing the device in part 6")
+    ap.add_argument("--tests", nargs="*", default=[], help="test files run with pytest on this machine (part 7)")
     ap.add_argument("--dry-run", action="store_true", help="tiny model and generated images on the CPU")
     ap.add_argument("--out", type=Path, default=Path("eval/out/gpu_check.json"))
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.images, args.budget_images = "cpu", min(args.images, 2), min(args.budget_images, 2)
+        args.batch_workers = min(args.batch_workers, 2)
     elif args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available (use --dry-run on a CPU)", file=sys.stderr)
         return 1
-    results = run(args.device, args.images, args.dry_run, args.out, args.budget_images, args.limit_s)
+    results = run(args.device, args.images, args.dry_run, args.out, args.budget_images, args.limit_s,
+                  args.max_seconds, args.batch_images, args.batch_workers, args.tests)
     print(json.dumps({k: v.get("ok") if isinstance(v, dict) else v for k, v in results.items()}), file=sys.stderr)
     return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -168,3 +169,13 @@ def test_bad_arguments():
         cr.normals(0, -1, 10)
     with pytest.raises(ValueError, match="indices"):
         cr.normals_at(0, torch.tensor([2 ** 62]))
+
+
+def test_same_normals_on_the_test_device():
+    """DDPMCODEC_TEST_DEVICE (eval.gpu_check sets it on a GPU machine; default cpu): known answers pass there and
+    both generators give the CPU's values bit for bit."""
+    device = os.environ.get("DDPMCODEC_TEST_DEVICE", "cpu")
+    cr.check_device(device)
+    for method in cr.METHODS:
+        cpu = cr.normals(12345, 7, 5000, stream=3, method=method)
+        assert torch.equal(cr.normals(12345, 7, 5000, stream=3, method=method, device=device).cpu(), cpu)

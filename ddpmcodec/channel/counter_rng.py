@@ -1,7 +1,7 @@
-"""Counter-based, device-independent standard normals (not yet used by the codec; see issue 11).
+"""Counter-based, device-independent standard normals: the PFR candidates and arrival times since format 5.
 
-Why: ``pfr.py`` draws its candidates from torch's CPU generator (MT19937 + torch's own normal sampler), which is
-neither available on CUDA nor promised to stay the same across torch releases. A counter-based generator is a pure
+Why: format 4's ``pfr.py`` drew its candidates from torch's CPU generator (MT19937 + torch's own normal sampler),
+which is neither available on CUDA nor promised to stay the same across torch releases. A counter-based generator is a pure
 function ``(key, stream, index) -> value``: any subset of values can be regenerated in any order or batch shape, on
 any device, and the integers are defined by the algorithm alone.
 
