@@ -43,7 +43,14 @@ from ddpmcodec.errors import DeterminismError
 from ddpmcodec.images import psnr
 
 
-def _part(results: dict, name: str, fn) -> None:
+def _write(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v)
+                              else str(v)))
+
+
+def _part(results: dict, name: str, fn, out: Path) -> None:
+    """Runs one part, records its result or error and its time, and rewrites the JSON (a killed run keeps it)."""
     start = time.perf_counter()
     try:
         results[name] = {"ok": True, **fn()}
@@ -52,6 +59,8 @@ def _part(results: dict, name: str, fn) -> None:
                          "traceback": traceback.format_exc(limit=4)}
     results[name]["seconds"] = round(time.perf_counter() - start, 3)
     print(f"{name}: {'ok' if results[name]['ok'] else 'FAILED'} ({results[name]['seconds']} s)", file=sys.stderr)
+    _write({k: ({a: b for a, b in v.items() if a != "_files"} if isinstance(v, dict) else v)
+            for k, v in results.items()}, out)
 
 
 def _device_facts(device: str) -> dict:
@@ -201,23 +210,22 @@ def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int
     with tempfile.TemporaryDirectory() as tmp:
         model, model_spec, images = _load(dry_run, device, n_images, Path(tmp))
         fast = CodecSettings(n_steps=8, budget_bits=6) if dry_run else CodecSettings()
-        _part(results, "device", lambda: _device_facts(device))
-        _part(results, "channel_parity", lambda: _channel_parity(device))
-        _part(results, "throughput", lambda: _throughput(model, images, fast, max_seconds))
+        _part(results, "device", lambda: _device_facts(device), out)
+        _part(results, "channel_parity", lambda: _channel_parity(device), out)
+        if tests:
+            _part(results, "device_tests", lambda: _device_tests(list(tests), device, timeout_s=240), out)
+        _part(results, "throughput", lambda: _throughput(model, images, fast, max_seconds), out)
         single = dict(results["throughput"])
         files = results["throughput"].pop("_files", [])
         budgets = (4, 5) if dry_run else (18, 19, 20)
-        _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s))
-        _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device))
+        _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s),
+              out)
+        _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device), out)
         single["_files"] = files[:batch_images]
         _part(results, "batch", lambda: _batch_throughput(model_spec, images[:batch_images], fast, device,
-                                                          batch_workers, single, Path(tmp)))
-        if tests:
-            _part(results, "device_tests", lambda: _device_tests(list(tests), device, timeout_s=240))
+                                                          batch_workers, single, Path(tmp)), out)
     results["total_seconds"] = round(time.perf_counter() - start, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v)
-                              else str(v)))
+    _write(results, out)
     return results
 
 
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-s", type=float, default=1.0, help="encode seconds per image the budget must keep")
     ap.add_argument("--max-seconds", type=float, default=180.0,
                     help="part 3 codes no further image once encode + decode have taken this long")
-    ap.add_argument("--batch-images", type=int, default=64, help="images coded by encode_many (those part 3 coded are compared)")
+    ap.add_argument("--batch-images", type=int, default=64,
+                    help="images coded by encode_many (those part 3 also coded are compared byte for byte)")
     ap.add_argument("--batch-workers", type=int, default=4, help="worker processes sharing the device in part 6")
     ap.add_argument("--tests", nargs="*", default=[], help="test files run with pytest on this machine (part 7)")
     ap.add_argument("--dry-run", action="store_true", help="tiny model and generated images on the CPU")
