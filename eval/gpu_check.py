@@ -128,8 +128,10 @@ def _largest_budget(model, images: np.ndarray, budgets, limit_s: float) -> dict:
 
 def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) -> dict:
     lossy_psnr, exact, checksum_refusals = [], 0, 0
+    device_digest = model.numerics_digest()
     cpu_model = model.to("cpu")
     try:
+        cpu_digest = cpu_model.numerics_digest()
         for data, im in zip(files, images):
             steps = list(decode_progressive(data, cpu_model, stop_at_t=50, every_step=False))
             lossy_psnr.append(psnr(steps[-1].pixels, im))
@@ -144,6 +146,7 @@ def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) ->
     finally:
         model.to(device)
     return {"files": len(files), "lossless_exact": exact, "lossless_refused_by_checksum": checksum_refusals,
+            "numerics_digest": {"device": device_digest, "cpu": cpu_digest},
             "lossy_stop_t50_psnr_db": float(np.mean(lossy_psnr))}
 
 

@@ -353,3 +353,19 @@ def test_loaded_weights_do_not_follow_the_file(tmp_path):
         fh.seek(len(data) - 4096)
         fh.write(np.full(1024, np.nan, np.float32).tobytes())
     torch.testing.assert_close(model.eps(x, 10), before, rtol=0, atol=0)
+
+
+def test_numerics_digest_is_stable_and_tied_to_the_weights(tmp_path):
+    from ddpmcodec.testing import make_tiny_model
+
+    a = make_tiny_model(tmp_path, resolution=8, seed=0)
+    threads = torch.get_num_threads()
+    digest = a.numerics_digest()
+    try:
+        torch.set_num_threads(1)
+        assert a.numerics_digest() == digest  # fixed groups: no dependence on the thread count
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert make_tiny_model(tmp_path, resolution=8, seed=1).numerics_digest() != digest
+    assert a.numerics_digest(ts=(3,)) != digest

@@ -91,6 +91,24 @@ class DiffusionModel:
         outs = map_one_thread_each(lambda g: self.eps(g, t), groups, workers or torch.get_num_threads())
         return torch.cat(outs).to(x.device)
 
+    def numerics_digest(self, ts: tuple[int, ...] = (10, 500)) -> str:
+        """16 hex chars of SHA-256 over :meth:`eps_reproducible`'s float32 outputs on fixed inputs (one
+        REPRODUCIBLE_GROUP of counter-based normals per t in ``ts``).
+
+        Machines (device, torch build, CPU kernels) that give the same digest evaluated this network identically
+        on those inputs; the exact x_0 layer of a lossless file needs the encoder's numerics, so a decoder whose
+        digest differs from the encoder machine's should expect the checksum refusal rather than exact pixels.
+        """
+        from ddpmcodec.channel import counter_rng
+
+        c, r = self.unet_config.in_channels, self.unet_config.resolution
+        h = hashlib.sha256()
+        for t in ts:
+            x = counter_rng.normals(t, 0, REPRODUCIBLE_GROUP * c * r * r, device=self.device)
+            out = self.eps_reproducible(x.reshape(REPRODUCIBLE_GROUP, c, r, r), t).cpu()
+            h.update(np.ascontiguousarray(out.numpy(), dtype="<f4").data)
+        return h.hexdigest()[:16]
+
     def to(self, device: str | torch.device) -> "DiffusionModel":
         """Move the network to ``device`` (in place); returns self."""
         self.device = torch.device(device)
