@@ -134,6 +134,15 @@ def test_cache_hits_skip_recomputation(setup, first_run, monkeypatch):
     assert a["results"]["bpp"] == b["results"]["bpp"]
 
 
+def test_bound_only_run_with_limit_zero(setup, first_run):
+    """--limit 0: the bound, split and strip only (e.g. the bound computed on a GPU into the cache), no crash."""
+    tmp, _ = setup
+    assert report.main(_argv(tmp, "out_bound_only", "--limit", "0")) == 0
+    s = json.loads((tmp / "out_bound_only" / "summary.json").read_text())
+    assert s["n_images"] == 0 and s["n_bound"] == 2 and s["classic"] == [] and s["lossless_classic"] == []
+    assert s["bound_summary"]["n_images"] == 2
+
+
 def test_bound_chunks_merge_like_one_result(setup, tmp_path):
     _, model = setup
     images = _natural_ish(3, seed=1)

@@ -157,7 +157,8 @@ def run(args, command: str) -> dict:
     s["notes"] = notes + ll_notes
     s["classic"], s["lossless_classic"], stage["classic"] = [], [], 0.0
     versions = classic.library_versions()
-    for codec in tqdm(lossy + lossless, desc="classic codecs", unit="codec", disable=not progress):
+    for codec in tqdm(lossy + lossless if len(images) else [], desc="classic codecs", unit="codec",
+                      disable=not progress):
         exact = codec in lossless
         key = {"codec": codec.key, "qualities": list(codec.qualities), "setting": codec.setting,
                "images": image_digest(images), "versions": versions, "exact": exact,
