@@ -2,6 +2,7 @@
 
     python -m eval.photo_bench --size 512 --threads 2 --out eval/out/photo_bench.json
     python -m eval.photo_bench --size 128                                       # a quick look (16 tiles)
+    python -m eval.photo_bench --size 512 --device cuda                         # on a GPU
 
 Reports wall seconds of encode and decode, the shares of each spent in the U-Net, the PFR search and the learned x_0
 layer (the rest: entropy coding, schedule, priors and container), bits/dim, and checks the decode bit-exact. The
@@ -50,17 +51,20 @@ PARTS = [("unet", progressive._Chain, "eps"), ("search", pfr_windows, "window_se
 
 
 @contextlib.contextmanager
-def timed(seconds: dict[str, float], side: str):
+def timed(seconds: dict[str, float], side: str, sync=lambda: None):
     """Wall time of the block (seconds[side + ':total']) and of the codec parts it calls (seconds[side + ':' + part],
     :data:`PARTS`: U-Net, PFR search, the learned x_0 layer (encode: prepare, decode: pop));
-    the rest is schedule, prior, entropy coding and container work."""
+    the rest is schedule, prior, entropy coding and container work. sync() runs before each clock reading (a CUDA
+    synchronize, so that a part's queued kernels count to it)."""
     def wrap(name, fn):
         @functools.wraps(fn)
         def run(*a, **kw):
+            sync()
             begin = time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
+                sync()
                 key = f"{side}:{name}"
                 seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - begin
         return run
@@ -78,19 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda[:N])")
     ap.add_argument("--out", type=Path, default=Path("eval/out/photo_bench.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     pixels = photo(args.size)
     seconds: dict[str, float] = {}
-    with timed(seconds, "encode"):
+    with timed(seconds, "encode", sync):
         res = encode(pixels, model, CodecSettings())
-    with timed(seconds, "decode"):
+    with timed(seconds, "decode", sync):
         out = list(decode_progressive(res.data, model, every_step=False))[-1]
     exact = bool(np.array_equal(out.pixels, pixels))
     r = {"command": "python -m eval.photo_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-         "size": args.size, "threads": args.threads, "bytes": len(res.data),
+         "size": args.size, "threads": args.threads, "device": str(model.device), "bytes": len(res.data),
          "bits_per_dim": 8 * len(res.data) / pixels.size, "exact": exact, "windowed": bool(res.header.windowed)}
     for side in ("encode", "decode"):
         total = seconds[f"{side}:total"]
