@@ -340,3 +340,22 @@ def test_ideal_msssim_uses_the_bounds_draws(setup, tmp_path):
         assert mse == pytest.approx(bound.per_t["mse_x0_clip"][t - 1], rel=1e-6)
     assert rm.ideal_msssim(model, images[:0], 0, ts, Cache(tmp_path)) is None
     assert rm.ideal_msssim(model, images[:, :16, :16], 0, ts, Cache(tmp_path)) is None
+
+
+def test_targets_below_the_smallest_file_are_reported_not_fatal(setup, tmp_path):
+    """A target no file can meet (the CLI refuses it) is a row without a file; the report goes on (it crashed)."""
+    from ddpmcodec.codec.progressive import CodecSettings
+
+    _, model = setup
+    images = _natural_ish(2, seed=8)
+    settings = CodecSettings(n_steps=4, t_end=2, budget_bits=6, margin_bits=2)
+    curve = rt.target_curve(model, images, 0, settings, [0.01, 8.0], Cache(tmp_path / "c"))
+    assert curve["images_with_file"] == [0, 2]
+    assert math.isnan(curve["bpp"][0]) and curve["ms_ssim"][0] is None and 0 < curve["bpp"][1] <= 8
+    rows = rt.target_rows(curve)
+    assert "no file: below every image's smallest possible file" in rows[2] and "| 8 |" in rows[3]
+    res = rt.target_result(curve, "test")
+    assert res["results"]["target-bpp"] == [8.0]
+    cached = Cache(tmp_path / "c")  # the refusals are cached like the files
+    assert rt.target_curve(model, images, 0, settings, [0.01, 8.0], cached)["images_with_file"] == [0, 2]
+    assert cached.misses == 0

@@ -148,7 +148,8 @@ def run(args, command: str) -> dict:
         log(f"[2/5] the files --target-bpp writes, {len(targets)} targets on {len(images)} images")
         per_target = rt.target_curve(model, images, args.offset, replace(settings, t_end=args.t_end), targets, cache,
                                      progress=progress, ray=ray, ref=ref)
-        stage["targets"] = per_target["n_images"] * float(sum(per_target["encode_s"]) + sum(per_target["decode_s"]))
+        stage["targets"] = float(np.nansum(np.array(per_target["images_with_file"])
+                                           * (np.array(per_target["encode_s"]) + np.array(per_target["decode_s"]))))
     s["targets"] = per_target
 
     log(f"[3/5] classic codecs on {len(images)} images")

@@ -14,6 +14,7 @@ from ddpmcodec.batch.result_cache import Cache, image_digest
 from ddpmcodec.codec.decoding import decode_progressive
 from ddpmcodec.codec.progressive import CodecSettings, coded_inputs
 from ddpmcodec.codec.stop_points import encode_within_bpp
+from ddpmcodec.errors import InputError
 from ddpmcodec.images import psnr
 from eval.report import classic
 from eval.report.model import _chunks, _model
@@ -21,11 +22,17 @@ from eval.report.model import _chunks, _model
 
 def target_image(model, pixels: np.ndarray, settings: CodecSettings, targets: list[float]) -> list[dict]:
     """Per target: the written file's bytes, the t it stops at (0: lossless), PSNR and MS-SSIM of what it decodes
-    to (checked against the encoder's PSNR), encode and decode seconds."""
+    to (checked against the encoder's PSNR), encode and decode seconds. A target below this image's smallest possible
+    file (`encode --target-bpp` refuses it) gives a row with bytes None and the refusal in "error"."""
     rows = []
     for target in targets:
         start = time.perf_counter()
-        data, _, stop = encode_within_bpp(pixels, model, settings, target)
+        try:
+            data, _, stop = encode_within_bpp(pixels, model, settings, target)
+        except InputError as exc:
+            rows.append({"target_bpp": target, "bytes": None, "t": None, "psnr_db": None, "ms_ssim": None,
+                         "encode_s": time.perf_counter() - start, "decode_s": None, "error": str(exc)})
+            continue
         enc_s = time.perf_counter() - start
         start = time.perf_counter()
         out = list(decode_progressive(data, model, every_step=False))[-1]
@@ -71,18 +78,25 @@ def target_curve(model, images: np.ndarray, offset: int, settings: CodecSettings
     pixels = images[0].shape[0] * images[0].shape[1]
     col = lambda j, k: np.array([np.nan if p["rows"][j][k] is None else p["rows"][j][k]  # noqa: E731
                                  for p in per_image], dtype=np.float64)
-    out = {"n_images": len(per_image), "targets": list(targets), "bpp": [], "psnr_db": [], "psnr_db_stderr": [],
-           "ms_ssim": [], "encode_s": [], "decode_s": [], "lossless_share": []}
+    out = {"n_images": len(per_image), "targets": list(targets), "images_with_file": [], "bpp": [], "psnr_db": [],
+           "psnr_db_stderr": [], "ms_ssim": [], "encode_s": [], "decode_s": [], "lossless_share": []}
     for j in range(len(targets)):
-        ps = col(j, "psnr_db")
-        out["bpp"].append(float(np.mean(8 * col(j, "bytes") / pixels)))
+        fits = np.isfinite(col(j, "bytes"))  # images whose smallest possible file is within the target
+        out["images_with_file"].append(int(fits.sum()))
+        if not fits.any():
+            for k in ("bpp", "psnr_db", "psnr_db_stderr", "encode_s", "decode_s", "lossless_share"):
+                out[k].append(math.nan)
+            out["ms_ssim"].append(None)
+            continue
+        ps = col(j, "psnr_db")[fits]
+        out["bpp"].append(float(np.mean(8 * col(j, "bytes")[fits] / pixels)))
         out["psnr_db"].append(float(np.mean(ps)))  # nan when some file was lossless (PSNR infinite)
         out["psnr_db_stderr"].append(float(np.std(ps, ddof=1) / math.sqrt(len(ps))) if len(ps) > 1 else math.nan)
-        ms = col(j, "ms_ssim")
+        ms = col(j, "ms_ssim")[fits]
         out["ms_ssim"].append(float(np.mean(ms)) if np.isfinite(ms).all() else None)
-        out["encode_s"].append(float(np.mean(col(j, "encode_s"))))
-        out["decode_s"].append(float(np.mean(col(j, "decode_s"))))
-        out["lossless_share"].append(float(np.mean(col(j, "t") == 0)))
+        out["encode_s"].append(float(np.mean(col(j, "encode_s")[fits])))
+        out["decode_s"].append(float(np.mean(col(j, "decode_s")[fits])))
+        out["lossless_share"].append(float(np.mean(col(j, "t")[fits] == 0)))
     return out
 
 
@@ -102,11 +116,18 @@ def target_result(curve: dict, images_desc: str) -> dict:
 
 def target_rows(curve: dict) -> list[str]:
     lines = ["| target bpp | file bpp | PSNR (dB) | MS-SSIM | encode s | decode s |", "|" + "---|" * 6]
+    n_all = curve["n_images"]
     for j, target in enumerate(curve["targets"]):
+        n = curve.get("images_with_file", [n_all] * len(curve["targets"]))[j]
+        if n == 0:
+            lines.append(f"| {target:g} | – | no file: below every image's smallest possible file | – | – | – |")
+            continue
         p, se, ms = curve["psnr_db"][j], curve["psnr_db_stderr"][j], curve["ms_ssim"][j]
         share = curve["lossless_share"][j]
         ps = f"{p:.2f} ± {se:.2f}" if share == 0 else "∞ (every file lossless)" if share == 1 else \
             f"∞ for {100 * share:.0f}% of the images (lossless files)"
+        if n < n_all:
+            ps += f" ({n} of {n_all} images; the others' smallest file is larger)"
         lines.append(f"| {target:g} | {curve['bpp'][j]:.3f} | {ps} | {'–' if ms is None else f'{ms:.4f}'} | "
                      f"{curve['encode_s'][j]:.1f} | {curve['decode_s'][j]:.1f} |")
     return lines
