@@ -15,7 +15,11 @@ script goes on):
    original is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong image;
 6. batch coding on the device (`encode_many` / `decode_many`, --batch-workers processes sharing the device): images/s
    against part 3's single-image path, every file byte-identical to part 3's and every decode bit-exact;
-7. the test suite's device-relevant tests (--tests), run on the device machine with its torch build.
+7. the test suite's device-relevant tests (--tests), run on the device machine with its torch build;
+8. a probe for issue 10's lever 1 that a GPU makes cheap (--probe-images): chunk budget and margin pairs within
+   format 7's 2^20 candidates, each on the same images: encode s/image, lossless bits/dim, and PSNR of the best
+   prefix within 0.5 / 1 / 2 bpp, counted as whole files and as coded steps alone (stream bits; a non-default margin
+   costs header bytes today, the stream column shows what the channel simulation itself gains).
 Part 3 stops adding images after --max-seconds, so the whole check fits its time on slower devices too.
 The dry run uses a tiny random model and generated images on the CPU, so the test suite exercises parts 1-6.
 """
@@ -106,7 +110,8 @@ def _throughput(model, images: np.ndarray, settings: CodecSettings, max_seconds:
         sizes.append(len(res.data))
         files.append(res.data)
     n, dims = len(files), images[0].size
-    return {"images": n, "images_offered": len(images), "max_seconds": max_seconds, "encode_images_per_s": n / enc_s, "decode_images_per_s": n / dec_s,
+    return {"images": n, "images_offered": len(images), "max_seconds": max_seconds,
+            "encode_images_per_s": n / enc_s, "decode_images_per_s": n / dec_s,
             "encode_s_per_image": enc_s / n, "decode_s_per_image": dec_s / n,
             "lossless_bits_per_dim": 8 * float(np.mean(sizes)) / dims, "_files": files}
 
@@ -181,6 +186,31 @@ def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettin
             "lossless_bits_per_dim": 8 * enc.total_bytes / (n * images[0].size)}
 
 
+def _margin_probe(model, images: np.ndarray, base: CodecSettings, pairs, bpps=(0.5, 1.0, 2.0)) -> dict:
+    """Per (budget, margin): encode s/image, lossless bits/dim and the mean PSNR of the best stop within each bpp,
+    whole file (bytes_if_stopped) and steps alone (stream_bits)."""
+    from dataclasses import replace
+
+    pixels, dims = images[0].shape[0] * images[0].shape[1], images[0].size
+    rows = []
+    for budget, margin in pairs:
+        settings = replace(base, budget_bits=budget, margin_bits=margin)
+        start = time.perf_counter()
+        results = [encode(im, model, settings) for im in images]
+        row = {"budget_bits": budget, "margin_bits": margin,
+               "encode_s_per_image": (time.perf_counter() - start) / len(images),
+               "lossless_bits_per_dim": 8 * float(np.mean([len(r.data) for r in results])) / dims}
+        for bpp in bpps:
+            for name, size in (("whole_file", lambda st: 8 * st.bytes_if_stopped),
+                               ("stream", lambda st: st.stream_bits)):
+                best = [max((st.psnr for st in r.steps if st.t > 0 and size(st) <= bpp * pixels), default=math.nan)
+                        for r in results]
+                mean = float(np.mean(best))
+                row[f"psnr_db_within_{bpp:g}bpp_{name}"] = mean if math.isfinite(mean) else None  # None: no stop fits
+        rows.append(row)
+    return {"images": len(images), "rows": rows}
+
+
 def _device_tests(tests: list[str], device: str, timeout_s: float) -> dict:
     """Runs the given test files with pytest in a subprocess (DDPMCODEC_TEST_DEVICE names the device)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
@@ -207,7 +237,8 @@ def _load(dry_run: bool, device: str, n_images: int, tmp: Path):
 
 
 def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int, limit_s: float,
-        max_seconds: float = 180.0, batch_images: int = 64, batch_workers: int = 4, tests: list[str] = ()) -> dict:
+        max_seconds: float = 180.0, batch_images: int = 64, batch_workers: int = 4, tests: list[str] = (),
+        probe_images: int = 0) -> dict:
     results: dict = {"command": "python -m eval.gpu_check " + " ".join(sys.argv[1:]), "dry_run": dry_run}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,6 +248,9 @@ def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int
         _part(results, "channel_parity", lambda: _channel_parity(device), out)
         if tests:
             _part(results, "device_tests", lambda: _device_tests(list(tests), device, timeout_s=240), out)
+        if probe_images:
+            pairs = ((6, 0), (4, 2)) if dry_run else ((18, 0), (18, 2), (16, 4), (20, 0))
+            _part(results, "margin_probe", lambda: _margin_probe(model, images[:probe_images], fast, pairs), out)
         _part(results, "throughput", lambda: _throughput(model, images, fast, max_seconds), out)
         single = dict(results["throughput"])
         files = results["throughput"].pop("_files", [])
@@ -244,17 +278,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="images coded by encode_many (those part 3 also coded are compared byte for byte)")
     ap.add_argument("--batch-workers", type=int, default=4, help="worker processes sharing the device in part 6")
     ap.add_argument("--tests", nargs="*", default=[], help="test files run with pytest on this machine (part 7)")
+    ap.add_argument("--probe-images", type=int, default=0, help="images of the budget/margin probe (part 8; 0 skips)")
     ap.add_argument("--dry-run", action="store_true", help="tiny model and generated images on the CPU")
     ap.add_argument("--out", type=Path, default=Path("eval/out/gpu_check.json"))
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.images, args.budget_images = "cpu", min(args.images, 2), min(args.budget_images, 2)
-        args.batch_workers = min(args.batch_workers, 2)
+        args.batch_workers, args.probe_images = min(args.batch_workers, 2), min(args.probe_images, 2)
     elif args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available (use --dry-run on a CPU)", file=sys.stderr)
         return 1
     results = run(args.device, args.images, args.dry_run, args.out, args.budget_images, args.limit_s,
-                  args.max_seconds, args.batch_images, args.batch_workers, args.tests)
+                  args.max_seconds, args.batch_images, args.batch_workers, args.tests, args.probe_images)
     print(json.dumps({k: v.get("ok") if isinstance(v, dict) else v for k, v in results.items()}), file=sys.stderr)
     return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
 
