@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +157,12 @@ def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) ->
 
 
 def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettings, device: str, workers: int,
-                      single: dict, tmp: Path) -> dict:
-    """encode_many / decode_many over the images; the files part 3 also wrote are compared byte for byte."""
+                      single: dict, files: list[bytes], tmp: Path) -> dict:
+    """encode_many / decode_many over the images; files (part 3's, a prefix of the images) are compared byte for
+    byte, and single (part 3's result) gives the single-image rates."""
     from ddpmcodec.batch import decode_many, encode_many
     from ddpmcodec.images import load_image
 
-    files = single.get("_files", [])
     if not files:
         raise RuntimeError("part 3 (throughput) coded no images to compare with")
     src = tmp / "batch.npz"
@@ -189,8 +190,6 @@ def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettin
 def _margin_probe(model, images: np.ndarray, base: CodecSettings, pairs, bpps=(0.5, 1.0, 2.0)) -> dict:
     """Per (budget, margin): encode s/image, lossless bits/dim and the mean PSNR of the best stop within each bpp,
     whole file (bytes_if_stopped) and steps alone (stream_bits)."""
-    from dataclasses import replace
-
     pixels, dims = images[0].shape[0] * images[0].shape[1], images[0].size
     rows = []
     for budget, margin in pairs:
@@ -252,15 +251,14 @@ def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int
             pairs = ((6, 0), (4, 2)) if dry_run else ((18, 0), (18, 2), (16, 4), (20, 0))
             _part(results, "margin_probe", lambda: _margin_probe(model, images[:probe_images], fast, pairs), out)
         _part(results, "throughput", lambda: _throughput(model, images, fast, max_seconds), out)
-        single = dict(results["throughput"])
         files = results["throughput"].pop("_files", [])
         budgets = (4, 5) if dry_run else (18, 19, 20)
         _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s),
               out)
         _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device), out)
-        single["_files"] = files[:batch_images]
         _part(results, "batch", lambda: _batch_throughput(model_spec, images[:batch_images], fast, device,
-                                                          batch_workers, single, Path(tmp)), out)
+                                                          batch_workers, results["throughput"],
+                                                          files[:batch_images], Path(tmp)), out)
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     _write(results, out)
     return results

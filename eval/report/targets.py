@@ -118,7 +118,7 @@ def target_rows(curve: dict) -> list[str]:
     lines = ["| target bpp | file bpp | PSNR (dB) | MS-SSIM | encode s | decode s |", "|" + "---|" * 6]
     n_all = curve["n_images"]
     for j, target in enumerate(curve["targets"]):
-        n = curve.get("images_with_file", [n_all] * len(curve["targets"]))[j]
+        n = curve["images_with_file"][j]
         if n == 0:
             lines.append(f"| {target:g} | – | no file: below every image's smallest possible file | – | – | – |")
             continue
