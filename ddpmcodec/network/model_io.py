@@ -25,6 +25,7 @@ from ddpmcodec.diffusion import DiffusionConfig, net_timestep
 from ddpmcodec.entropy.x0net import store as x0_store
 from ddpmcodec.entropy.x0net.store import X0Layer
 from ddpmcodec.errors import InputError, one_line
+from ddpmcodec.network.device_calls import FixedShapeCalls
 from ddpmcodec.parallel import map_one_thread_each
 from ddpmcodec.network.unet import UNet, UNetConfig
 from ddpmcodec.network.weight_layouts import diffusers_to_pytorch_diffusion, infer_unet_config, unet_config_from_diffusers
@@ -36,7 +37,7 @@ BUNDLED_MODEL_FILE = f"{BUNDLED_MODEL_NAME}.safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _IDENTITY_TAG = b"ddpmcodec-identity/1\0"
 REPRODUCIBLE_GROUP = 16  # samples per CPU network call in eps_reproducible: part of the codecs' numerics
-DEVICE_GROUP = 256  # the same on other devices (GPU files decode exactly only on the same kind of device)
+DEVICE_GROUP = 32  # samples per network call on other devices, always padded to this shape (see eps_device_groups)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class DiffusionModel:
     metadata: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     x0_layer: X0Layer | None = None  # learned x_0 layer trained for this model (its sidecar file), if any
+    _fixed_calls: FixedShapeCalls | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def x0_layer_identity(self) -> str | None:
@@ -82,14 +84,37 @@ class DiffusionModel:
         last-digit differences; codecs whose probabilities depend on network outputs need identical results. So
         the batch is cut into fixed groups of REPRODUCIBLE_GROUP samples, each evaluated on one CPU thread; groups
         run concurrently on up to torch.get_num_threads() worker threads (identical results for any count; the
-        caller's thread setting is restored). Other devices use groups of DEVICE_GROUP.
+        caller's thread setting is restored). Other devices: :meth:`eps_device_groups`.
         """
-        size = REPRODUCIBLE_GROUP if self.device.type == "cpu" else DEVICE_GROUP
-        groups = [x[i:i + size] for i in range(0, len(x), size)]
         if self.device.type != "cpu":
-            return torch.cat([self.eps(g, t).to(x.device) for g in groups])
+            return self.eps_device_groups(x, t).to(x.device)
+        groups = [x[i:i + REPRODUCIBLE_GROUP] for i in range(0, len(x), REPRODUCIBLE_GROUP)]
         outs = map_one_thread_each(lambda g: self.eps(g, t), groups, workers or torch.get_num_threads())
         return torch.cat(outs).to(x.device)
+
+    def eps_device_groups(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """:meth:`eps` on a non-CPU device in calls of exactly DEVICE_GROUP samples (the last one padded with
+        zeros): (B, C, H, W) float32 on the model's device.
+
+        Every call has the same shape and runs under network.device_calls' numerics (TF32 off, deterministic
+        cuDNN; a CUDA graph on CUDA), so a sample's output depends neither on how many samples came with it nor,
+        on the GPUs eval.gpu_check has checked, on which samples share its call: batch coding pools the tiles of
+        many images (ddpmcodec.batch.lockstep) and still writes the single-image files byte for byte.
+        """
+        if not 1 <= int(t) <= self.diffusion.T:
+            raise ValueError(f"t must be in 1..{self.diffusion.T}, got {t}")
+        if self._fixed_calls is None or self._fixed_calls.device != self.device:
+            self._fixed_calls = FixedShapeCalls(self.net, self.device)
+        x = x.to(self.device, torch.float32)
+        steps = net_timestep(int(t), DEVICE_GROUP).to(self.device)
+        outs = []
+        for i in range(0, len(x), DEVICE_GROUP):
+            g = x[i:i + DEVICE_GROUP]
+            n = len(g)
+            if n < DEVICE_GROUP:
+                g = torch.cat([g, g.new_zeros((DEVICE_GROUP - n, *g.shape[1:]))])
+            outs.append(self._fixed_calls(g.contiguous(), steps)[:n])
+        return torch.cat(outs) if outs else x.new_zeros(x.shape)
 
     def numerics_digest(self, ts: tuple[int, ...] = (10, 500)) -> str:
         """16 hex chars of SHA-256 over :meth:`eps_reproducible`'s float32 outputs on fixed inputs (one
@@ -113,6 +138,7 @@ class DiffusionModel:
         """Move the network to ``device`` (in place); returns self."""
         self.device = torch.device(device)
         self.net.to(self.device)
+        self._fixed_calls = None  # graphs and buffers belong to the old device
         return self
 
 
