@@ -13,8 +13,11 @@ script goes on):
 4. the largest chunk budget that keeps encode <= 1 s/image on the device (budgets 18..20 on a few images);
 5. cross-device decoding: files encoded on the device decoded on the CPU: lossy stops must decode (PSNR against the
    original is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong image;
-6. batch coding on the device (`encode_many` / `decode_many`, --batch-workers processes sharing the device): images/s
-   against part 3's single-image path, every file byte-identical to part 3's and every decode bit-exact;
+6. pooling (batch.lockstep): whether a sample's output in a fixed-shape call is independent of its batch mates and
+   position, seconds per network call by batch size, and a lockstep encode in this process (files against part 3's);
+   then batch coding on the device (`encode_many` / `decode_many`, once per --batch-workers value, processes
+   sharing the device, each coding shards in lockstep): images/s against part 3's single-image path, every file
+   byte-identical to part 3's and every decode bit-exact;
 7. the test suite's device-relevant tests (--tests), run on the device machine with its torch build;
 8. a probe for issue 10's lever 1 that a GPU makes cheap (--probe-images): chunk budget and margin pairs within
    format 7's 2^20 candidates, each on the same images: encode s/image, lossless bits/dim, and PSNR of the best
@@ -165,6 +168,7 @@ def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettin
 
     if not files:
         raise RuntimeError("part 3 (throughput) coded no images to compare with")
+    tmp.mkdir(parents=True, exist_ok=True)
     src = tmp / "batch.npz"
     np.savez(src, images=images)
     enc = encode_many([src], model_spec, settings, out_dir=tmp / "enc", workers=workers, device=device)
@@ -185,6 +189,64 @@ def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettin
             "decodes_bit_exact": exact,
             "speedup_vs_single_image": single_s_per_image / ((enc.seconds + dec.seconds) / n),
             "lossless_bits_per_dim": 8 * enc.total_bytes / (n * images[0].size)}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _pooling(model, images: np.ndarray, settings: CodecSettings, device: str, files: list[bytes]) -> dict:
+    """What batch.lockstep relies on and what it buys: (a) a sample's output in a fixed-shape call does not depend
+    on the samples beside it or its position; (b) seconds per network call by batch size; (c) images[:n] encoded
+    in lockstep in this process, files compared with part 3's single-image files."""
+    from ddpmcodec.batch.lockstep import run_lockstep
+    from ddpmcodec.channel import counter_rng
+    from ddpmcodec.network.model_io import DEVICE_GROUP
+
+    c, r = model.unet_config.in_channels, model.unet_config.resolution
+    g = DEVICE_GROUP
+    x = counter_rng.normals(7, 0, 3 * g * c * r * r, device=device).reshape(3 * g, c, r, r)
+    independent, checked = True, 0
+    for t in (3, 300, model.diffusion.T):
+        alone = model.eps_device_groups(x[:1], t)[0]
+        for pos in (0, 5, g - 1):
+            batch = torch.cat([x[g:g + pos], x[:1], x[2 * g:3 * g - pos - 1]])
+            independent &= bool(torch.equal(model.eps_device_groups(batch, t)[pos], alone))
+            checked += 1
+    from ddpmcodec.diffusion import net_timestep
+    from ddpmcodec.network.device_calls import device_numerics
+
+    with device_numerics(), torch.inference_mode():
+        eager = model.net(x[:g], net_timestep(500, g).to(device))
+    fixed = model.eps_device_groups(x[:g], 500)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        model.eps_device_groups(x[:g], 500)
+    _sync(device)
+    fixed_call_s = (time.perf_counter() - start) / 5
+    call_s = {}
+    for n in (1, 8, 32, 64, 128, 256):
+        xb = x[:n] if n <= len(x) else x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
+        model.eps(xb, 500)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(5):
+            model.eps(xb, 500)
+        _sync(device)
+        call_s[str(n)] = (time.perf_counter() - start) / 5
+    start = time.perf_counter()
+    coded, stats = run_lockstep(list(images), lambda im, net: encode(im, net, settings).data, model)
+    wall = time.perf_counter() - start
+    identical = sum(a == b for a, b in zip(coded, files))
+    return {"device_group": g, "outputs_independent_of_batch_mates": independent, "placements_checked": checked,
+            "fixed_call_equals_eager": bool(torch.equal(fixed, eager)), "fixed_call_seconds": fixed_call_s,
+            "eager_seconds_per_call_by_batch": call_s, "lockstep_images": len(images),
+            "lockstep_encode_images_per_s": len(images) / wall, "network_seconds": round(stats.seconds, 2),
+            "requests": stats.requests, "flushes": stats.flushes,
+            "mean_requests_per_flush": stats.requests / max(1, stats.flushes),
+            "files_compared_with_single_image": min(len(files), len(coded)), "files_identical": identical}
 
 
 def _margin_probe(model, images: np.ndarray, base: CodecSettings, pairs, bpps=(0.5, 1.0, 2.0)) -> dict:
@@ -236,15 +298,16 @@ def _load(dry_run: bool, device: str, n_images: int, tmp: Path):
 
 
 def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int, limit_s: float,
-        max_seconds: float = 180.0, batch_images: int = 64, batch_workers: int = 4, tests: list[str] = (),
-        probe_images: int = 0) -> dict:
+        max_seconds: float = 180.0, batch_images: int = 64, batch_workers=(4,), tests: list[str] = (),
+        probe_images: int = 0, skip=()) -> dict:
     results: dict = {"command": "python -m eval.gpu_check " + " ".join(sys.argv[1:]), "dry_run": dry_run}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model, model_spec, images = _load(dry_run, device, n_images, Path(tmp))
         fast = CodecSettings(n_steps=8, budget_bits=6) if dry_run else CodecSettings()
         _part(results, "device", lambda: _device_facts(device), out)
-        _part(results, "channel_parity", lambda: _channel_parity(device), out)
+        if "channel_parity" not in skip:
+            _part(results, "channel_parity", lambda: _channel_parity(device), out)
         if tests:
             _part(results, "device_tests", lambda: _device_tests(list(tests), device, timeout_s=240), out)
         if probe_images:
@@ -253,12 +316,17 @@ def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int
         _part(results, "throughput", lambda: _throughput(model, images, fast, max_seconds), out)
         files = results["throughput"].pop("_files", [])
         budgets = (4, 5) if dry_run else (18, 19, 20)
-        _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets, limit_s),
-              out)
-        _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device), out)
-        _part(results, "batch", lambda: _batch_throughput(model_spec, images[:batch_images], fast, device,
-                                                          batch_workers, results["throughput"],
-                                                          files[:batch_images], Path(tmp)), out)
+        if "pooling" not in skip:
+            _part(results, "pooling", lambda: _pooling(model, images[:batch_images], fast, device, files), out)
+        if "largest_budget" not in skip:
+            _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets,
+                                                                     limit_s), out)
+        if "cross_device" not in skip:
+            _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device), out)
+        for w in batch_workers:
+            _part(results, f"batch_workers_{w}", lambda: _batch_throughput(
+                model_spec, images[:batch_images], fast, device, w, results["throughput"], files[:batch_images],
+                Path(tmp) / f"w{w}"), out)
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     _write(results, out)
     return results
@@ -274,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="part 3 codes no further image once encode + decode have taken this long")
     ap.add_argument("--batch-images", type=int, default=64,
                     help="images coded by encode_many (those part 3 also coded are compared byte for byte)")
-    ap.add_argument("--batch-workers", type=int, default=4, help="worker processes sharing the device in part 6")
+    ap.add_argument("--batch-workers", type=int, nargs="+", default=[4],
+                    help="worker processes sharing the device in part 6 (one batch run per value)")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["channel_parity", "pooling", "largest_budget", "cross_device"],
+                    help="parts not run")
     ap.add_argument("--tests", nargs="*", default=[], help="test files run with pytest on this machine (part 7)")
     ap.add_argument("--probe-images", type=int, default=0, help="images of the budget/margin probe (part 8; 0 skips)")
     ap.add_argument("--dry-run", action="store_true", help="tiny model and generated images on the CPU")
@@ -282,12 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.images, args.budget_images = "cpu", min(args.images, 2), min(args.budget_images, 2)
-        args.batch_workers, args.probe_images = min(args.batch_workers, 2), min(args.probe_images, 2)
+        args.batch_workers = [min(w, 2) for w in args.batch_workers]
+        args.probe_images = min(args.probe_images, 2)
     elif args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available (use --dry-run on a CPU)", file=sys.stderr)
         return 1
     results = run(args.device, args.images, args.dry_run, args.out, args.budget_images, args.limit_s,
-                  args.max_seconds, args.batch_images, args.batch_workers, args.tests, args.probe_images)
+                  args.max_seconds, args.batch_images, args.batch_workers, args.tests, args.probe_images, args.skip)
     print(json.dumps({k: v.get("ok") if isinstance(v, dict) else v for k, v in results.items()}), file=sys.stderr)
     return 0 if all(v.get("ok", True) for v in results.values() if isinstance(v, dict)) else 1
 

@@ -1,6 +1,7 @@
 """Coding one batch item in a worker (a pool process or a Ray task), and the local worker pool."""
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -9,6 +10,7 @@ from typing import Callable
 
 
 from ddpmcodec.errors import CodecError, InputError, one_line
+from ddpmcodec.batch.lockstep import LOCKSTEP_IMAGES
 from ddpmcodec.batch.plan import DecodeJob, EncodeJob, Item, ItemResult
 
 Progress = Callable[[int, int], None]  # progress(items finished, items in all), called in the calling process
@@ -157,6 +159,34 @@ def worker_code(job, item: Item, cache: dict | None = None) -> ItemResult:
     return code_item(job, item, model)
 
 
+def _pooled(device: str) -> bool:
+    """Whether items on this device are coded in lockstep with pooled network calls (not on the CPU)."""
+    import torch
+
+    return torch.device(device).type != "cpu"
+
+
+def worker_code_many(job, items: list[Item], cache: dict | None = None,
+                     on_done: Callable[[int], None] | None = None) -> list[ItemResult]:
+    """Code items in this process, results in order: on a non-CPU device all at once with their network calls
+    pooled (batch.lockstep; the files are the single-image files), on the CPU one after another. on_done(i) after
+    item i."""
+    try:
+        model = worker_model(job, cache)
+    except Exception as exc:  # noqa: BLE001
+        return [ItemResult(it.source, it.output, "failed", f"model: {_reason(exc)}") for it in items]
+    if not _pooled(job.device):
+        results = []
+        for i, item in enumerate(items):
+            results.append(code_item(job, item, model))
+            if on_done:
+                on_done(i)
+        return results
+    from ddpmcodec.batch.lockstep import run_lockstep
+
+    return run_lockstep(items, lambda item, network: code_item(job, item, network), model, on_done=on_done)[0]
+
+
 def run_local(job, items: list[Item], workers: int, progress: Progress | None = None,
               done_before: int = 0, total: int | None = None) -> list[ItemResult]:
     """Code the items on `workers` processes (workers=1: in this process, one torch thread); results in order."""
@@ -168,34 +198,45 @@ def run_local(job, items: list[Item], workers: int, progress: Progress | None = 
     if workers <= 1 or len(items) <= 1:
         before = torch.get_num_threads()
         torch.set_num_threads(1)
-        models: dict = {}  # in this process: loaded for this call only
-        try:
-            for i, item in enumerate(items):
-                results[i] = worker_code(job, item, models)
+        tick = threading.Lock()
+
+        def on_done(_i: int) -> None:
+            nonlocal finished
+            with tick:  # lockstep threads finish concurrently
                 finished += 1
                 if progress:
                     progress(finished, total)
+
+        try:  # the model is loaded for this call only
+            return worker_code_many(job, items, {}, on_done)
         finally:
             torch.set_num_threads(before)
-        return results
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
     pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_worker_init)
     try:
-        pending = {pool.submit(worker_code, job, item): i for i, item in enumerate(items)}
+        if _pooled(job.device):  # shards coded in lockstep, each in one process (batch.lockstep)
+            size = max(1, min(LOCKSTEP_IMAGES, -(-len(items) // workers)))
+            shards = [list(range(lo, min(len(items), lo + size))) for lo in range(0, len(items), size)]
+        else:
+            shards = [[i] for i in range(len(items))]
+        pending = {pool.submit(worker_code_many, job, [items[i] for i in shard]): shard for shard in shards}
         while pending:
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in ready:
-                i = pending.pop(fut)
+                shard = pending.pop(fut)
                 try:
-                    results[i] = fut.result()
+                    for i, res in zip(shard, fut.result()):
+                        results[i] = res
                 except BrokenProcessPool:
-                    results[i] = ItemResult(items[i].source, items[i].output, "failed",
-                                            "worker process died (out of memory or killed); rerun to finish")
+                    for i in shard:
+                        results[i] = ItemResult(items[i].source, items[i].output, "failed",
+                                                "worker process died (out of memory or killed); rerun to finish")
                 except Exception as exc:  # noqa: BLE001
-                    results[i] = ItemResult(items[i].source, items[i].output, "failed", _reason(exc))
-                finished += 1
+                    for i in shard:
+                        results[i] = ItemResult(items[i].source, items[i].output, "failed", _reason(exc))
+                finished += len(shard)
                 if progress:
                     progress(finished, total)
     finally:
