@@ -3,6 +3,7 @@
     python -m eval.photo_bench --size 512 --threads 2 --out eval/out/photo_bench.json
     python -m eval.photo_bench --size 128                                       # a quick look (16 tiles)
     python -m eval.photo_bench --size 512 --device cuda                         # on a GPU
+    python -m eval.photo_bench --size 512 --steps 20                            # fewer coded steps: faster
 
 Reports wall seconds of encode and decode, the shares of each spent in the U-Net, the PFR search and the learned x_0
 layer (the rest: entropy coding, schedule, priors and container), bits/dim, and checks the decode bit-exact. The
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--model", default="default")
     ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda[:N])")
+    ap.add_argument("--steps", type=int, default=CodecSettings().n_steps,
+                    help="coded steps (the codec's --steps): U-Net work falls with them, the file grows a little")
     ap.add_argument("--out", type=Path, default=Path("eval/out/photo_bench.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     pixels = photo(args.size)
     seconds: dict[str, float] = {}
     with timed(seconds, "encode", sync):
-        res = encode(pixels, model, CodecSettings())
+        res = encode(pixels, model, CodecSettings(n_steps=args.steps))
     with timed(seconds, "decode", sync):
         out = list(decode_progressive(res.data, model, every_step=False))[-1]
     exact = bool(np.array_equal(out.pixels, pixels))
     r = {"command": "python -m eval.photo_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-         "size": args.size, "threads": args.threads, "device": str(model.device), "bytes": len(res.data),
+         "size": args.size, "threads": args.threads, "device": str(model.device), "n_steps": args.steps,
+         "bytes": len(res.data),
          "bits_per_dim": 8 * len(res.data) / pixels.size, "exact": exact, "windowed": bool(res.header.windowed)}
     for side in ("encode", "decode"):
         total = seconds[f"{side}:total"]

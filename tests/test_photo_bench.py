@@ -12,9 +12,9 @@ from eval.photo_bench import main  # noqa: E402
 
 def test_photo_bench_small_crop(tmp_path):
     out = tmp_path / "photo.json"
-    assert main(["--size", "32", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["--size", "32", "--threads", "1", "--device", "cpu", "--steps", "12", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["exact"] and r["device"] == "cpu" and r["bytes"] > 0
+    assert r["exact"] and r["device"] == "cpu" and r["bytes"] > 0 and r["n_steps"] == 12
     for side in ("encode", "decode"):
         shares = r[f"{side}_share"]
         assert shares["unet"] > 0 and abs(sum(shares.values()) - 1) < 1e-9
