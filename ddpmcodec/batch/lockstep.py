@@ -14,10 +14,13 @@ tiles in groups of REPRODUCIBLE_GROUP on one thread each.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from ddpmcodec.network.model_io import DEVICE_GROUP
 
 LOCKSTEP_IMAGES = 64  # images coded at once per process (threads); their tiles share network calls
 
@@ -80,8 +83,6 @@ class PooledNetwork:
 
     def _flush(self) -> None:
         """Serve every pending request (called with the lock held, when no participant can add one)."""
-        import time
-
         pending, self._pending = self._pending, []
         start = time.perf_counter()
         groups: dict[tuple, list[_Request]] = {}
@@ -93,7 +94,7 @@ class PooledNetwork:
                 out = self._model.eps_device_groups(x, t)
                 for r, part in zip(reqs, torch.split(out, [len(r.x) for r in reqs])):
                     r.result = part.to(r.x.device)
-                self.stats.samples += -(-len(x) // _device_group()) * _device_group()
+                self.stats.samples += -(-len(x) // DEVICE_GROUP) * DEVICE_GROUP
             except Exception as exc:  # noqa: BLE001 - every waiting thread gets the error, none hangs
                 for r in reqs:
                     r.error = exc
@@ -104,12 +105,6 @@ class PooledNetwork:
         self.stats.by_size[len(pending)] = self.stats.by_size.get(len(pending), 0) + 1
         self.stats.seconds += time.perf_counter() - start
         self._cond.notify_all()
-
-
-def _device_group() -> int:
-    from ddpmcodec.network.model_io import DEVICE_GROUP
-
-    return DEVICE_GROUP
 
 
 def run_lockstep(items: list, code_one: Callable, model, width: int = LOCKSTEP_IMAGES,
