@@ -35,8 +35,10 @@ def test_numerics_probe_runs_on_the_cpu(tmp_path):
 
     make_tiny_model(tmp_path, resolution=8, seed=0)
     out = tmp_path / "probe.json"
-    assert probe(["--device", "cpu", "--model", str(tmp_path / "tiny-r8-s0.safetensors"), "--out", str(out)]) == 0
+    assert probe(["--device", "cpu", "--model", str(tmp_path / "tiny-r8-s0.safetensors"), "--groups", "4",
+                  "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     for setting in ("torch_defaults", "cudnn_deterministic", "deterministic_tf32_off", "cudnn_off_tf32_off"):
         assert len(r[setting]["rows"]) == 9
+    assert list(r["codec_numerics_by_group"]) == ["4"] and len(r["codec_numerics_by_group"]["4"]["rows"]) == 9
     assert "graphs" not in r and r["command"].startswith("python -m eval.gpu_numerics_probe --device cpu")
