@@ -27,7 +27,8 @@ def _bar(total: int, desc: str, enabled: bool):
 # Options of `encode` that only the progressive mode uses (bits-back refuses them when given).
 _PROGRESSIVE_ONLY = {"budget_bits": "--budget", "margin_bits": "--margin", "prior": "--prior", "windowed": "--windows",
                      "stop_at": "--stop-at", "target_bpp": "--target-bpp", "target_psnr": "--target-psnr",
-                     "verbose": "-v/--verbose", "x0_layer": "--x0-layer", "schedule": "--schedule"}
+                     "verbose": "-v/--verbose", "x0_layer": "--x0-layer", "schedule": "--schedule",
+                     "portable": "--portable"}
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -67,6 +68,10 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--windows/--no-windows", "windowed", default=None,
               help="Multi-tile images: the network on overlapping blended windows (no seams in previews) or per tile "
                    "[windows].")
+@click.option("--portable", is_flag=True,
+              help="Run the U-Net on integer grids (format 8): the lossless file decodes exactly on any machine, "
+                   "at about 3x the network time; without it, exact decoding needs the encoder's CPU kernels "
+                   "(progressive only).")
 @click.option("--stop-at", "stop_at",
               help="End the file early: t=N (lossy; at the first coded step at or below N) or lossless [lossless].")
 @click.option("--schedule", type=click.Choice(SCHEDULE_CHOICES), default="auto", show_default=True,
@@ -79,8 +84,8 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="Print the per-step table (progressive only).")
 @click.pass_context
 def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers, ray, ray_batch, mode, n_steps,
-           t_end, x0_layer, budget_bits, margin_bits, prior, seed, windowed, stop_at, schedule, target_bpp, target_psnr,
-           quiet, verbose):
+           t_end, x0_layer, budget_bits, margin_bits, prior, seed, windowed, portable, stop_at, schedule, target_bpp,
+           target_psnr, quiet, verbose):
     """Encode IMAGE (PNG, JPEG, ...) into a .ddpm file (Algorithm 3).
 
     Several inputs (image files, folders of images, datasets: .npz, CIFAR-10 archives such as
@@ -89,7 +94,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
 
     --mode bitsback codes the image losslessly with bits-back coding (100 steps down to t=1 by default); it takes
     --steps, --t-end and --seed, and refuses the progressive-only options (--budget, --margin, --prior,
-    --x0-layer, --stop-at, --target-bpp, --target-psnr, -v).
+    --x0-layer, --portable, --stop-at, --target-bpp, --target-psnr, -v).
     """
     from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
     from ddpmcodec.codec.stop_points import encode_within_bpp, stop_of
@@ -123,7 +128,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
         else:
             settings = CodecSettings(n_steps=n_steps or DEFAULTS["n_steps"], t_end=t_end, budget_bits=budget_bits,
                                      margin_bits=margin_bits, seed=seed, prior=prior, windowed=windowed,
-                                     x0_layer=x0_layer, schedule=schedule)
+                                     x0_layer=x0_layer, schedule=schedule, exact_network=portable)
         from ddpmcodec.batch import encode_many
 
         out_dir = batch_output(output)
@@ -139,7 +144,8 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
                                t_end=t_end or BITSBACK_T_END, seed=seed)
     n_steps = n_steps or DEFAULTS["n_steps"]
     settings = CodecSettings(n_steps=n_steps, t_end=t_end, budget_bits=budget_bits, margin_bits=margin_bits,
-                             seed=seed, prior=prior, windowed=windowed, x0_layer=x0_layer, schedule=schedule)
+                             seed=seed, prior=prior, windowed=windowed, x0_layer=x0_layer, schedule=schedule,
+                             exact_network=portable)
     h, w = img.pixels.shape[:2]
     start = time.perf_counter()
     with _bar(n_steps, "encode", show_progress(quiet)) as bar:

@@ -172,12 +172,14 @@ def add_settings_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--margin", type=int, default=d.margin_bits)
     ap.add_argument("--prior", default=d.prior, choices=("calibrated", "fixedlarge"))
     ap.add_argument("--seed", type=int, default=d.seed, help="codec seed")
+    ap.add_argument("--portable", action="store_true", help="the U-Net on integer grids (format 8, --portable)")
 
 
 def settings_from_args(args: argparse.Namespace, model) -> CodecSettings:
     """CodecSettings from add_settings_options' options, with t_end resolved for the model (it names the outputs)."""
     return CodecSettings(n_steps=args.steps, t_end=args.t_end or default_t_end(model), budget_bits=args.budget,
-                         margin_bits=args.margin, prior=args.prior, seed=args.seed)
+                         margin_bits=args.margin, prior=args.prior, seed=args.seed,
+                         exact_network=bool(getattr(args, "portable", False)))
 
 
 def main(argv=None) -> int:
@@ -231,7 +233,8 @@ def main(argv=None) -> int:
         sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"s{args.steps}_e{settings.t_end}_b{args.budget}_m{args.margin}_{args.prior}_o{args.offset}_n{len(images)}"
+    tag = f"s{args.steps}_e{settings.t_end}_b{args.budget}_m{args.margin}_{args.prior}_o{args.offset}_n{len(images)}" \
+        + ("_portable" if args.portable else "")
     (out / f"codec_{tag}.json").write_text(json.dumps(r, indent=1))
     (out / f"codec_{tag}.md").write_text(format_table(r) + "\n")
     print(format_table(r))

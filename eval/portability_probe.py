@@ -8,7 +8,8 @@ kernels, ONEDNN_MAX_CPU_ISA for oneDNN's convolutions), which stands in for anot
 build. Per setting: the network's numerics digest, files decoded exactly / refused by the checksum / wrong (must be
 0), and how far x_{t_end} and x^_0 at t_end drifted from the native decode (the x_0 layer reads them on a 2^-10
 grid, so any drift that crosses a grid boundary breaks the exact layer). Images: lossless training originals from
-../shared unless --images.
+../shared unless --images. --exact-network encodes `--portable` files (the U-Net on integer grids), which must decode
+exactly under every setting.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def run(images: np.ndarray, model_spec: str, settings: dict[str, dict], settings
 
     torch.set_num_threads(1)
     model = load_model(model_spec)
-    result: dict = {"images": len(images), "encoder_digest": model.numerics_digest(), "settings": {}}
+    result: dict = {"images": len(images), "encoder_digest": model.numerics_digest(),
+                    "codec_settings": settings_kwargs or {}, "settings": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for k, im in enumerate(images):
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=4)
     ap.add_argument("--model", default="default")
     ap.add_argument("--settings", nargs="*", default=["avx2", "generic"], choices=sorted(set(SETTINGS) - {"native"}))
+    ap.add_argument("--exact-network", action="store_true",
+                    help="encode with the U-Net on integer grids (the codec's --portable files)")
     ap.add_argument("--out", type=Path, default=Path("eval/out/portability_probe.json"))
     ap.add_argument("--decode-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {exc}", file=sys.stderr)
         return 0
     images = load_npz_images(source, limit=args.offset + args.limit)[args.offset:]
-    result = run(images, args.model, {name: SETTINGS[name] for name in args.settings})
+    result = run(images, args.model, {name: SETTINGS[name] for name in args.settings},
+                 {"exact_network": True} if args.exact_network else None)
     result["command"] = "python -m eval.portability_probe " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -110,8 +110,8 @@ def test_legacy_and_future_versions_are_refused_clearly():
         container.unpack(b"DDP\x02" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="version-3 .ddpm file .* ddpmcodec 0.2"):
         container.unpack(b"\xd3" + bytes(30), MID, 32)
-    with pytest.raises(FormatError, match="version 8 .*reads versions 4, 5, 6, 7"):
-        container.unpack(b"\xd8" + bytes(30), MID, 32)
+    with pytest.raises(FormatError, match="version 9 .*reads versions 4, 5, 6, 7, 8"):
+        container.unpack(b"\xd9" + bytes(30), MID, 32)
     with pytest.raises(FormatError, match="not a .ddpm file"):
         container.unpack(b"GIF89a" + bytes(30), MID, 32)
 

@@ -48,6 +48,8 @@ class CodecSettings:
     x0_layer: str = "auto"  # auto: the shorter of the model's learned layer (if any) and pixelmodel; learned; classic
     schedule: str = "auto"  # a lossy file's schedule (schedule.stop_schedules.SCHEDULE_CHOICES): auto: its own few
     # steps down to its stop where that codes better (format 6), stop: always, progressive: the default's prefix
+    exact_network: bool = False  # the U-Net on integer grids (format 8): lossless files decode exactly on any
+    # machine, about 3x the network time
 
     def schedule_left_to_encoder(self) -> bool:
         """Default steps and t_end: a lossy file may get a stop schedule (explicit --steps or --t-end win)."""
@@ -107,6 +109,19 @@ def default_t_end(model) -> int:
     return layer.t_end if layer is not None else container.DEFAULTS["t_end"]
 
 
+class _ExactNetwork:
+    """The model with eps_reproducible on integer grids (DiffusionModel.eps_exact): what --portable files use."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def eps_reproducible(self, x: torch.Tensor, t: int, workers: int | None = None) -> torch.Tensor:
+        return self._model.eps_exact(x, t, workers)
+
+
 class _Chain:
     """State shared by encoder and decoder: schedule, prior, coded dimensions, per-step seeds."""
 
@@ -143,11 +158,12 @@ class _Chain:
         """Predicted noise for the tiles x (N, 3, R, R): per tile, or (header flag) from overlapping windows over
         the whole padded image, blended (network.windows); the same on both sides."""
         start = time.perf_counter()
+        network = _ExactNetwork(self.model) if self.h.exact_network else self.model
         if self.h.windowed:
             grid = tile_grid(self.h.height, self.h.width, self.h.tile)
-            out = windows.eps_windowed(self.model, x, t, grid, workers=self.workers)
+            out = windows.eps_windowed(network, x, t, grid, workers=self.workers)
         else:
-            out = self.model.eps_reproducible(x, t, self.workers).float()
+            out = network.eps_reproducible(x, t, self.workers).float()
         self.unet_seconds += time.perf_counter() - start
         return out
 
@@ -241,7 +257,9 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings,
         source_mode=container.SOURCE_MODES.index(source_mode), tile=model.unet_config.resolution,
         n_steps=int(n_steps), t_end=int(t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
-        pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile)), own is not None)
+        pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile),
+        exact_network=int(bool(s.exact_network)),
+        version=container.EXACT_NETWORK_VERSION if s.exact_network else container.VERSION), own is not None)
 
 
 def pixel_check(pixels: np.ndarray) -> int:

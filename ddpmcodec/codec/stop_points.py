@@ -131,6 +131,9 @@ def summary_lines(parsed: container.Parsed, table: list[StepEntry] | None) -> li
              f"{' (made for its stop)' if h.stop_schedule_code() is not None else ''}, "
              f"prior {container.PRIOR_KINDS[h.prior_kind]}",
              f"channel      PFR, {h.budget_bits}-bit chunks, 2^{h.budget_bits + h.margin_bits} candidates, seed {h.seed}",
+             ("network      U-Net on integer grids (portable: the same numbers on every machine)" if h.exact_network
+              else "network      U-Net in float32" + (" (exact pixels need the encoder's CPU kernels or GPU; see "
+                                                        "--portable)" if h.lossless else "")),
              f"content      {h.steps_present} coded steps{layer}",
              f"size         {size} bytes (header {parsed.header_bytes}{checks}), "
              + (f"{8 * size / (h.width * h.height):.3f} bpp" if h.width

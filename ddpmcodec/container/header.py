@@ -1,4 +1,4 @@
-"""The .ddpm container (format version 7; versions 4 to 6 are read too): a compact header followed by the payload (rANS
+"""The .ddpm container (format version 7, and 8 for exact-network files; versions 4 to 6 are read too): a compact header followed by the payload (rANS
 stack words, top first; a progressive file's top word is trimmed to its significant bytes, see
 entropy.rans.stack_to_bytes).
 
@@ -23,6 +23,9 @@ Version 6 (ddpmcodec 0.5) adds the stop-schedule byte: a lossy file whose settin
 its schedule, with t_end in STOP_GRID and n_steps in STOP_STEP_COUNTS (a file encoded for its stop point, see
 schedule.stop_schedules), stores those two in one byte under flag 0x80 (which marks the learned x_0 layer on
 lossless files) instead of the 5-6 bytes of the full settings; everything else is version 5's.
+Version 8 is version 7 byte for byte, with one meaning added by the version itself: the U-Net ran on integer grids
+(network.exact_unet), so lossless files decode exactly on any machine. It is written only for such files (progressive,
+`--portable`); every other file is still written as version 7, and a version-8 file costs no extra byte.
 Version 7 (ddpmcodec 0.6) shortens lossy progressive files by 2 to 3 bytes (`Header.end_checked`), the rest is
 version 6's: (1) their whole-file check is the rANS stack's bottom state instead of a header field. The encoder
 starts the stack from `end_state` (2^16 + a 16-bit CRC of the identity and the header), and the decoder must pop
@@ -48,7 +51,8 @@ from ddpmcodec.errors import FormatError, ModelMismatchError
 
 FORMAT_BYTE = 0xD7  # high nibble: .ddpm marker, low nibble: format version (what this build writes)
 VERSION = FORMAT_BYTE & 0x0F
-READABLE_VERSIONS = (4, 5, 6, 7)
+READABLE_VERSIONS = (4, 5, 6, 7, 8)
+EXACT_NETWORK_VERSION = 8  # written only for files whose network ran on integer grids (Header.exact_network)
 LEGACY_MAGIC = b"DDP"  # versions 1-2 started with b"DDP" + a version byte
 MODEL_ID_BYTES = 4
 MODE_PROGRESSIVE = 0
@@ -57,10 +61,10 @@ PRIOR_KINDS = ("fixedlarge", "calibrated")
 SOURCE_MODES = ("RGB", "L")  # what decode writes: RGB, or grayscale stored as equal R=G=B
 DEFAULTS = {"n_steps": 50, "t_end": 10, "budget_bits": 18, "margin_bits": 0, "seed": 0}
 # settings a header omits, per version
-DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS, 6: DEFAULTS, 7: DEFAULTS}
+DEFAULTS_BY_VERSION = {4: {**DEFAULTS, "budget_bits": 12}, 5: DEFAULTS, 6: DEFAULTS, 7: DEFAULTS, 8: DEFAULTS}
 # budget + margin: log2 of the candidates per chunk (search work, index tables)
-MAX_CANDIDATE_BITS = {4: 20, 5: 20, 6: 20, 7: 20}
-MAX_BUDGET_BITS = {4: 15, 5: 20, 6: 20, 7: 20}
+MAX_CANDIDATE_BITS = {4: 20, 5: 20, 6: 20, 7: 20, 8: 20}
+MAX_BUDGET_BITS = {4: 15, 5: 20, 6: 20, 7: 20, 8: 20}
 MAX_MARGIN_BITS = 12
 _F_BITSBACK, _F_LOSSLESS, _F_GRAY, _F_CALIBRATED, _F_CUSTOM, _F_ONE_TILE = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _F_WINDOWED = 0x40  # progressive only: the network ran on overlapping blended windows (ddpmcodec.network.windows)
@@ -125,7 +129,8 @@ class Header:
     payload_bytes: int  # length of the complete payload (coder bytes, without block checks)
     windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
     learned_x0: int = 0  # 1: x_0 coded by the model's learned layer (entropy.x0net), else by entropy.pixelmodel
-    version: int = VERSION  # format version: 7; 4..6 for files of ddpmcodec 0.3..0.5 (candidates, defaults, layout)
+    version: int = VERSION  # format version: 7, or 8 with exact_network; 4..6 for files of ddpmcodec 0.3..0.5
+    exact_network: int = 0  # version 8: the U-Net ran on integer grids (network.exact_unet), the same on every machine
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -163,6 +168,9 @@ class Header:
             raise ValueError("header field out of range")
         if self.mode == MODE_BITSBACK and not self.lossless and self.version >= END_STATE_VERSION:
             raise ValueError("a bits-back header is lossless (flag 0x01 alone means a whole stop schedule)")
+        if bool(self.exact_network) != (self.version >= EXACT_NETWORK_VERSION) or \
+                (self.exact_network and self.mode != MODE_PROGRESSIVE):
+            raise ValueError("version 8 is written for progressive files with the exact network, and only for them")
         stop_code = self.stop_schedule_code()
         custom = self.settings() != self.defaults() and stop_code is None
         one_tile = self.width == self.height == self.tile
@@ -235,6 +243,9 @@ class Header:
         else:
             present, size = read_varint(buf), read_varint(buf)
         settings = dict(DEFAULTS_BY_VERSION[version])
+        exact = int(version >= EXACT_NETWORK_VERSION)
+        if exact and flags & _F_BITSBACK and not whole:
+            raise FormatError("corrupt header (a version-8 file is progressive)")
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)
@@ -256,7 +267,8 @@ class Header:
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
                    pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)),
-                   learned_x0=int(bool(flags & _F_LEARNED_X0 and flags & _F_LOSSLESS)), version=version, **settings)
+                   learned_x0=int(bool(flags & _F_LEARNED_X0 and flags & _F_LOSSLESS)), version=version,
+                   exact_network=exact, **settings)
 
 
 def _crc_header(model_id: bytes, body: bytes) -> int:

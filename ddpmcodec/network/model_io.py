@@ -26,6 +26,7 @@ from ddpmcodec.entropy.x0net import store as x0_store
 from ddpmcodec.entropy.x0net.store import X0Layer
 from ddpmcodec.errors import InputError, one_line
 from ddpmcodec.network.device_calls import FixedShapeCalls
+from ddpmcodec.network.exact_unet import GridUNet
 from ddpmcodec.parallel import map_one_thread_each
 from ddpmcodec.network.unet import UNet, UNetConfig
 from ddpmcodec.network.weight_layouts import diffusers_to_pytorch_diffusion, infer_unet_config, unet_config_from_diffusers
@@ -53,6 +54,7 @@ class DiffusionModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     x0_layer: X0Layer | None = None  # learned x_0 layer trained for this model (its sidecar file), if any
     _fixed_calls: FixedShapeCalls | None = field(default=None, init=False, repr=False, compare=False)
+    _grid_net: GridUNet | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def x0_layer_identity(self) -> str | None:
@@ -116,6 +118,23 @@ class DiffusionModel:
             outs.append(self._fixed_calls(g.contiguous(), steps)[:n])
         return torch.cat(outs) if outs else x.new_zeros(x.shape)
 
+    def eps_exact(self, x: torch.Tensor, t: int, workers: int | None = None) -> torch.Tensor:
+        """:meth:`eps` on integer grids (network.exact_unet): (B, C, H, W) float32 on x's device, bit-identical on
+        every machine, device, thread count and batch split (CPU groups of REPRODUCIBLE_GROUP run on up to
+        `workers` one-thread workers, for speed only)."""
+        if not 1 <= int(t) <= self.diffusion.T:
+            raise ValueError(f"t must be in 1..{self.diffusion.T}, got {t}")
+        if self._grid_net is None:
+            self._grid_net = GridUNet(self.net)
+        steps = net_timestep(int(t), len(x)).to(self.device)
+        xd = x.to(self.device)
+        if self.device.type != "cpu":
+            return self._grid_net(xd, steps).to(x.device)
+        size = REPRODUCIBLE_GROUP
+        parts = [(xd[i:i + size], steps[i:i + size]) for i in range(0, len(xd), size)]
+        outs = map_one_thread_each(lambda p: self._grid_net(*p), parts, workers or torch.get_num_threads())
+        return torch.cat(outs).to(x.device) if outs else x.new_zeros(x.shape)
+
     def numerics_digest(self, ts: tuple[int, ...] = (10, 500)) -> str:
         """16 hex chars of SHA-256 over :meth:`eps_reproducible`'s float32 outputs on fixed inputs (one
         REPRODUCIBLE_GROUP of counter-based normals per t in ``ts``).
@@ -138,7 +157,7 @@ class DiffusionModel:
         """Move the network to ``device`` (in place); returns self."""
         self.device = torch.device(device)
         self.net.to(self.device)
-        self._fixed_calls = None  # graphs and buffers belong to the old device
+        self._fixed_calls = self._grid_net = None  # graphs, buffers and grid weights belong to the old device
         return self
 
 
