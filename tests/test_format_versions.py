@@ -1,6 +1,7 @@
 """Files of format versions 4 (ddpmcodec 0.3: independent PFR candidates, chunk budget 12 by default), 5
 (ddpmcodec 0.4: sliding-window candidates) and 6 (ddpmcodec 0.5: stop schedules) still decode exactly as those
-releases decoded them; new files are version 7 (lossy files checked by the coder's end state)."""
+releases decoded them; new files are version 7 (lossy files checked by the coder's end state), or 8 with --portable
+(the network on integer grids: its fixture must decode exactly on every machine)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -86,3 +87,14 @@ def test_new_files_are_version_7_with_the_compact_default_header(bundled):
     own = encode(img, bundled, CodecSettings(), stop_at_t=200)  # the same image and stop as the version-6 file
     assert own.header.stop_schedule_code() is not None and container.unpack(own.data).header_bytes == 4
     assert len(own.data) < len((DATA / "v6_stop200.ddpm").read_bytes())
+
+
+def test_portable_version_8_file_decodes_exactly_on_every_machine(bundled):
+    """A --portable file (format 8, bundled model, defaults, from v4_source.png, written by this build): its network
+    runs on integer grids, so its lossless end needs no numerics digest: exact pixels everywhere."""
+    data = (DATA / "v8_portable.ddpm").read_bytes()
+    h = container.unpack(data).header
+    assert (h.version, h.exact_network, h.lossless) == (8, 1, 1)
+    source = np.asarray(Image.open(DATA / "v4_source.png").convert("RGB"))
+    out = list(decode_progressive(data, bundled, every_step=False))[-1]
+    assert out.t == 0 and np.array_equal(out.pixels, source)
