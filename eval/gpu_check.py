@@ -12,7 +12,8 @@ script goes on):
 3. encode and decode of N dev images with the model on the device: images/s, every lossless file checked;
 4. the largest chunk budget that keeps encode <= 1 s/image on the device (budgets 18..20 on a few images);
 5. cross-device decoding: files encoded on the device decoded on the CPU: lossy stops must decode (PSNR against the
-   original is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong image;
+   original is reported), lossless must decode bit-exact or fail with the checksum error, never a wrong image; and
+   the same images encoded with --portable (the network on integer grids) must decode bit-exact on the CPU;
 6. pooling (batch.lockstep): whether a sample's output in a fixed-shape call is independent of its batch mates and
    position, seconds per network call by batch size, and a lockstep encode in this process (files against part 3's);
    then batch coding on the device (`encode_many` / `decode_many`, once per --batch-workers value, processes
@@ -135,9 +136,12 @@ def _largest_budget(model, images: np.ndarray, budgets, limit_s: float) -> dict:
     return {"largest_budget_within_limit": best, "limit_s": limit_s, "rows": rows}
 
 
-def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) -> dict:
+def _cross_device(model, files: list[bytes], images: np.ndarray, device: str, settings: CodecSettings) -> dict:
     lossy_psnr, exact, checksum_refusals = [], 0, 0
     device_digest = model.numerics_digest()
+    start = time.perf_counter()
+    portable = [encode(im, model, replace(settings, exact_network=True)).data for im in images[:len(files)]]
+    portable_s = time.perf_counter() - start
     cpu_model = model.to("cpu")
     try:
         cpu_digest = cpu_model.numerics_digest()
@@ -152,11 +156,19 @@ def _cross_device(model, files: list[bytes], images: np.ndarray, device: str) ->
             if not np.array_equal(out.pixels, im):
                 raise AssertionError("a cross-device lossless decode returned a wrong image")
             exact += 1
+        portable_exact = 0
+        for data, im in zip(portable, images):  # --portable files: the network on integer grids, exact everywhere
+            out = list(decode_progressive(data, cpu_model, every_step=False))[-1]
+            if out.t != 0 or not np.array_equal(out.pixels, im):
+                raise AssertionError("a portable file encoded on the device did not decode exactly on the CPU")
+            portable_exact += 1
     finally:
         model.to(device)
     return {"files": len(files), "lossless_exact": exact, "lossless_refused_by_checksum": checksum_refusals,
             "numerics_digest": {"device": device_digest, "cpu": cpu_digest},
-            "lossy_stop_t50_psnr_db": float(np.mean(lossy_psnr))}
+            "lossy_stop_t50_psnr_db": float(np.mean(lossy_psnr)),
+            "portable_files": len(portable), "portable_exact_on_cpu": portable_exact,
+            "portable_encode_s_per_image": portable_s / max(1, len(portable))}
 
 
 def _batch_throughput(model_spec: str, images: np.ndarray, settings: CodecSettings, device: str, workers: int,
@@ -322,7 +334,8 @@ def run(device: str, n_images: int, dry_run: bool, out: Path, budget_images: int
             _part(results, "largest_budget", lambda: _largest_budget(model, images[:budget_images], budgets,
                                                                      limit_s), out)
         if "cross_device" not in skip:
-            _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device), out)
+            _part(results, "cross_device", lambda: _cross_device(model, files[:budget_images], images, device, fast),
+                  out)
         for w in batch_workers:
             _part(results, f"batch_workers_{w}", lambda: _batch_throughput(
                 model_spec, images[:batch_images], fast, device, w, results["throughput"], files[:batch_images],

@@ -15,6 +15,7 @@ def test_gpu_check_dry_run(tmp_path):
         assert r[part]["ok"], r[part]
     assert r["channel_parity"]["rebuilt_bit_identical"] and r["channel_parity"]["picks_that_differ"] == 0
     assert r["cross_device"]["lossless_exact"] == r["cross_device"]["files"] > 0
+    assert r["cross_device"]["portable_exact_on_cpu"] == r["cross_device"]["portable_files"] > 0
     assert r["throughput"]["encode_images_per_s"] > 0
     for part in ("batch_workers_1", "batch_workers_2"):
         assert r[part]["files_identical_to_single_image"] == r[part]["files_compared_with_single_image"] > 0
