@@ -58,6 +58,13 @@ def shared_data_file(name: str, shared_dir: str | Path | None = None) -> Path:
 
 
 # ---- npz files -----------------------------------------------------------------------------------------------
+def probe_images(path: str | Path | None, offset: int, limit: int) -> np.ndarray:
+    """Images offset..offset+limit-1 of an .npz (default: ../shared's lossless training originals, which probes use
+    instead of the dev images); InputError when the file or ../shared is missing."""
+    source = path or shared_data_file(TRAIN_LOSSLESS_FILE)
+    return load_npz_images(source, limit=offset + limit)[offset:]
+
+
 def decode_jpeg_blob(jpeg_bytes: np.ndarray, offsets: np.ndarray, limit: int | None = None) -> np.ndarray:
     """Decode concatenated JPEG files: image i is ``jpeg_bytes[offsets[i]:offsets[i+1]]`` -> (N, H, W, 3) uint8."""
     offsets = np.asarray(offsets, dtype=np.int64)

@@ -116,15 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode_worker is not None:
         decode_worker(args.decode_worker, args.model)
         return 0
-    from ddpmcodec.data import load_npz_images, shared_data_file
+    from ddpmcodec.data import probe_images
     from ddpmcodec.errors import InputError
 
     try:
-        source = args.images or shared_data_file("cifar10-train-lossless.npz")
+        images = probe_images(args.images, args.offset, args.limit)
     except InputError as exc:  # no ../shared: say so and stop
         print(f"skipped: {exc}", file=sys.stderr)
         return 0
-    images = load_npz_images(source, limit=args.offset + args.limit)[args.offset:]
     result = run(images, args.model, {name: SETTINGS[name] for name in args.settings},
                  {"exact_network": True} if args.exact_network else None)
     result["command"] = "python -m eval.portability_probe " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -23,7 +23,7 @@ import torch
 
 from ddpmcodec.codec import progressive
 from ddpmcodec.codec.progressive import CodecSettings, encode
-from ddpmcodec.data import load_npz_images, shared_data_file
+from ddpmcodec.data import probe_images
 from ddpmcodec.diffusion import Schedule, predict_x0, q_sample
 from ddpmcodec.errors import InputError
 from ddpmcodec.images import tiles_to_uint8
@@ -95,13 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("eval/out/preview_probe.json"))
     args = ap.parse_args(argv)
     try:
-        source = args.images or shared_data_file("cifar10-train-lossless.npz")
+        images = probe_images(args.images, args.offset, args.limit)
     except InputError as exc:  # no ../shared: say so and stop
         print(f"skipped: {exc}", file=sys.stderr)
         return 0
     torch.set_num_threads(1)
     model = load_model(args.model)
-    images = load_npz_images(source, limit=args.offset + args.limit)[args.offset:]
     result = {"command": "python -m eval.preview_probe " + " ".join(sys.argv[1:] if argv is None else argv),
               "images": len(images), "flip": flip_gain(model, images), "extrapolated": extrapolation_gain(model, images)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
