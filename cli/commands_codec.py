@@ -27,8 +27,7 @@ def _bar(total: int, desc: str, enabled: bool):
 # Options of `encode` that only the progressive mode uses (bits-back refuses them when given).
 _PROGRESSIVE_ONLY = {"budget_bits": "--budget", "margin_bits": "--margin", "prior": "--prior", "windowed": "--windows",
                      "stop_at": "--stop-at", "target_bpp": "--target-bpp", "target_psnr": "--target-psnr",
-                     "verbose": "-v/--verbose", "x0_layer": "--x0-layer", "schedule": "--schedule",
-                     "portable": "--portable"}
+                     "verbose": "-v/--verbose", "x0_layer": "--x0-layer", "schedule": "--schedule"}
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -70,8 +69,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
                    "[windows].")
 @click.option("--portable", is_flag=True,
               help="Run the U-Net on integer grids (format 8): the lossless file decodes exactly on any machine, "
-                   "at about 3x the network time; without it, exact decoding needs the encoder's CPU kernels "
-                   "(progressive only).")
+                   "at about 3x the network time; without it, exact decoding needs the encoder's CPU kernels.")
 @click.option("--stop-at", "stop_at",
               help="End the file early: t=N (lossy; at the first coded step at or below N) or lossless [lossless].")
 @click.option("--schedule", type=click.Choice(SCHEDULE_CHOICES), default="auto", show_default=True,
@@ -93,8 +91,8 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
     (--workers), or as Ray tasks (--ray); outputs already there and complete are skipped unless -f.
 
     --mode bitsback codes the image losslessly with bits-back coding (100 steps down to t=1 by default); it takes
-    --steps, --t-end and --seed, and refuses the progressive-only options (--budget, --margin, --prior,
-    --x0-layer, --portable, --stop-at, --target-bpp, --target-psnr, -v).
+    --steps, --t-end, --seed and --portable, and refuses the progressive-only options (--budget, --margin,
+    --prior, --x0-layer, --stop-at, --target-bpp, --target-psnr, -v).
     """
     from ddpmcodec.codec.progressive import CodecSettings, encode as run_encode
     from ddpmcodec.codec.stop_points import encode_within_bpp, stop_of
@@ -124,7 +122,8 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
         if mode == "bitsback":
             from ddpmcodec.bitsback.codec import BitsBackSettings
 
-            settings = BitsBackSettings(n_steps=n_steps or BITSBACK_STEPS, t_end=t_end or BITSBACK_T_END, seed=seed)
+            settings = BitsBackSettings(n_steps=n_steps or BITSBACK_STEPS, t_end=t_end or BITSBACK_T_END, seed=seed,
+                                        exact_network=portable)
         else:
             settings = CodecSettings(n_steps=n_steps or DEFAULTS["n_steps"], t_end=t_end, budget_bits=budget_bits,
                                      margin_bits=margin_bits, seed=seed, prior=prior, windowed=windowed,
@@ -141,7 +140,7 @@ def encode(ctx, images, output, force, model_spec, allow_pickle, device, workers
         from cli.commands_bitsback import encode_bitsback
 
         return encode_bitsback(img, model, out, force, n_steps or BITSBACK_STEPS, quiet,
-                               t_end=t_end or BITSBACK_T_END, seed=seed)
+                               t_end=t_end or BITSBACK_T_END, seed=seed, exact_network=portable)
     n_steps = n_steps or DEFAULTS["n_steps"]
     settings = CodecSettings(n_steps=n_steps, t_end=t_end, budget_bits=budget_bits, margin_bits=margin_bits,
                              seed=seed, prior=prior, windowed=windowed, x0_layer=x0_layer, schedule=schedule,

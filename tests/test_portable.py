@@ -82,10 +82,10 @@ def test_version_8_headers_are_checked(model):
     plain = encode(smooth_image(8, 8, seed=4), model, CodecSettings(n_steps=6, budget_bits=6))
     assert len(data) - len(plain.data) in range(-8, 9)  # no extra header byte: the version says it
     assert container.unpack(data).header_bytes == container.unpack(plain.data).header_bytes
-    bitsback = bytearray(data)
-    bitsback[2] |= 0x01 | 0x02  # claim a bits-back file: version 8 is progressive only
-    with pytest.raises(FormatError):
-        container.unpack(bytes(bitsback))
+    for original, flipped_to in ((data, 0xD7), (plain.data, 0xD8)):  # the version byte is covered by the checks
+        forged = bytes([flipped_to]) + original[1:]
+        with pytest.raises(FormatError):
+            list(decode_progressive(forged, model, every_step=False))
 
 
 def test_a_portable_file_decodes_exactly_with_other_cpu_kernels(model, model_path, tmp_path):
@@ -118,6 +118,22 @@ def test_cli_portable_and_info(model_path, tmp_path):
     assert res.exit_code == 0, res.output
     info = runner.invoke(main, ["info", str(out), "--model", model_path])
     assert info.exit_code == 0 and "integer grids" in info.output and "v8" in info.output
-    bad = runner.invoke(main, ["encode", str(src), "-o", str(tmp_path / "b.ddpm"), "--model", model_path,
-                               "--mode", "bitsback", "--portable"])
-    assert bad.exit_code != 0 and "--portable" in bad.output
+    bb = tmp_path / "b.ddpm"
+    res = runner.invoke(main, ["encode", str(src), "-o", str(bb), "--model", model_path, "--mode", "bitsback",
+                               "--steps", "6", "--portable", "-q"])
+    assert res.exit_code == 0, res.output
+    assert container.unpack(bb.read_bytes()).header.version == 8
+    dec = runner.invoke(main, ["decode", str(bb), "-o", str(tmp_path / "b.png"), "--model", model_path, "-q"])
+    assert dec.exit_code == 0, dec.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png").convert("RGB")), smooth_image(8, 8, seed=7))
+
+
+def test_portable_bits_back_sets_round_trip(model):
+    from ddpmcodec.bitsback.codec import BitsBackSettings, decode_images, encode_set
+
+    images = [smooth_image(8, 8, seed=8), smooth_image(9, 7, seed=9)]
+    res = encode_set(images, model, BitsBackSettings(n_steps=6, exact_network=True))
+    h = container.unpack(res.data).header
+    assert (h.version, h.exact_network, h.mode) == (8, 1, container.MODE_BITSBACK)
+    out = decode_images(res.data, model)
+    assert all(np.array_equal(a, b) for a, b in zip(out.images, images))

@@ -42,6 +42,7 @@ from ddpmcodec.codec.progressive import codec_model_id
 from ddpmcodec.diffusion import LOG2, gaussian_kl
 from ddpmcodec.errors import DeterminismError, FormatError, InputError
 from ddpmcodec.images import tiles_to_uint8, to_tiles
+from ddpmcodec.network.exact_unet import ExactNetwork
 
 MIN_WORDS = 4  # the encoder's stack must never drop below this (else: more seed words and retry)
 
@@ -63,6 +64,7 @@ class BitsBackSettings:
     grid_bits: int | None = None  # latent grid = (smallest std of the level) / 2^grid_bits; None: by set size
     order: str = "bitswap"
     seed: int = 0
+    exact_network: bool = False  # the U-Net on integer grids (format 8, --portable): exact decoding on any machine
 
     def resolved(self, n_images: int) -> "BitsBackSettings":
         if self.grid_bits is not None:
@@ -259,6 +261,7 @@ def encode_set(images: list[np.ndarray], model, settings: BitsBackSettings = Bit
     if not check_levels(levels):
         raise InputError(f"grid_bits={settings.grid_bits} is too fine for this schedule (alphabets over 2^15 symbols)")
     tile = model.unet_config.resolution
+    network = ExactNetwork(model) if settings.exact_network else model
     tiles = [to_tiles(im, tile) for im in images]
     sizes = [(im.shape[1], im.shape[0], container.SOURCE_MODES.index(m)) for im, m in zip(images, modes)]
     base = seed_estimate(settings.order, settings.grid_bits, len(levels), sizes)
@@ -273,7 +276,7 @@ def encode_set(images: list[np.ndarray], model, settings: BitsBackSettings = Bit
             for i in reversed(range(len(images))):
                 t0 = time.perf_counter()
                 x0, mask = tiles[i]
-                chain = ImageChain(model, sched, levels, kind, profile, mask, channel.mix_seed(settings.seed, i))
+                chain = ImageChain(network, sched, levels, kind, profile, mask, channel.mix_seed(settings.seed, i))
                 stats[i] = _encode_image(coder, chain, x0, images[i], settings.order)
                 stats[i].seconds = time.perf_counter() - t0
                 unet += chain.unet_seconds
@@ -296,7 +299,8 @@ def encode_set(images: list[np.ndarray], model, settings: BitsBackSettings = Bit
         height=sizes[0][1], source_mode=sizes[0][2], tile=tile, n_steps=settings.n_steps, t_end=settings.t_end,
         steps_present=len(levels), lossless=1, budget_bits=container.DEFAULTS["budget_bits"],
         margin_bits=container.DEFAULTS["margin_bits"], prior_kind=container.PRIOR_KINDS.index(kind),
-        seed=settings.seed, pixel_crc=crc, payload_bytes=0)
+        seed=settings.seed, pixel_crc=crc, payload_bytes=0, exact_network=int(bool(settings.exact_network)),
+        version=container.EXACT_NETWORK_VERSION if settings.exact_network else container.VERSION)
     sub = SubHeader(ORDERS.index(settings.order), settings.grid_bits, attempt, len(seed) - bottom, sizes, names)
     payload = sub.pack(header) + entropy.words_to_bytes(words[bottom:])
     header.payload_bytes = len(payload)
@@ -334,7 +338,8 @@ class Decoder:
         crc = 0
         for i, (w, ht, _) in enumerate(f.sub.sizes):
             _, mask = to_tiles(np.zeros((ht, w, 3), np.uint8), h.tile)
-            chain = ImageChain(self.model, sched, levels, kind, profile, mask, channel.mix_seed(h.seed, i))
+            network = ExactNetwork(self.model) if h.exact_network else self.model
+            chain = ImageChain(network, sched, levels, kind, profile, mask, channel.mix_seed(h.seed, i))
             try:
                 for step in _decode_image(coder, chain, ht, w, f.order, every_step, i):
                     if step.t == 0:

@@ -29,6 +29,7 @@ from ddpmcodec.errors import FormatError, InputError
 from ddpmcodec.images import from_tiles, psnr, tile_grid, tiles_to_uint8, to_tiles
 from ddpmcodec.parallel import single_thread
 from ddpmcodec.network import windows
+from ddpmcodec.network.exact_unet import ExactNetwork
 from ddpmcodec.schedule.steps import Profile, equal_kl_schedule, expected_skip_kl, profile_for
 from ddpmcodec.schedule.stop_schedules import stop_schedule
 
@@ -109,19 +110,6 @@ def default_t_end(model) -> int:
     return layer.t_end if layer is not None else container.DEFAULTS["t_end"]
 
 
-class _ExactNetwork:
-    """The model with eps_reproducible on integer grids (DiffusionModel.eps_exact): what --portable files use."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def eps_reproducible(self, x: torch.Tensor, t: int, workers: int | None = None) -> torch.Tensor:
-        return self._model.eps_exact(x, t, workers)
-
-
 class _Chain:
     """State shared by encoder and decoder: schedule, prior, coded dimensions, per-step seeds."""
 
@@ -158,7 +146,7 @@ class _Chain:
         """Predicted noise for the tiles x (N, 3, R, R): per tile, or (header flag) from overlapping windows over
         the whole padded image, blended (network.windows); the same on both sides."""
         start = time.perf_counter()
-        network = _ExactNetwork(self.model) if self.h.exact_network else self.model
+        network = ExactNetwork(self.model) if self.h.exact_network else self.model
         if self.h.windowed:
             grid = tile_grid(self.h.height, self.h.width, self.h.tile)
             out = windows.eps_windowed(network, x, t, grid, workers=self.workers)

@@ -24,8 +24,8 @@ its schedule, with t_end in STOP_GRID and n_steps in STOP_STEP_COUNTS (a file en
 schedule.stop_schedules), stores those two in one byte under flag 0x80 (which marks the learned x_0 layer on
 lossless files) instead of the 5-6 bytes of the full settings; everything else is version 5's.
 Version 8 is version 7 byte for byte, with one meaning added by the version itself: the U-Net ran on integer grids
-(network.exact_unet), so lossless files decode exactly on any machine. It is written only for such files (progressive,
-`--portable`); every other file is still written as version 7, and a version-8 file costs no extra byte.
+(network.exact_unet), so lossless files decode exactly on any machine. It is written only for such files
+(`--portable`, progressive or bits-back); every other file is still written as version 7, and a version-8 file costs no extra byte.
 Version 7 (ddpmcodec 0.6) shortens lossy progressive files by 2 to 3 bytes (`Header.end_checked`), the rest is
 version 6's: (1) their whole-file check is the rANS stack's bottom state instead of a header field. The encoder
 starts the stack from `end_state` (2^16 + a 16-bit CRC of the identity and the header), and the decoder must pop
@@ -168,9 +168,8 @@ class Header:
             raise ValueError("header field out of range")
         if self.mode == MODE_BITSBACK and not self.lossless and self.version >= END_STATE_VERSION:
             raise ValueError("a bits-back header is lossless (flag 0x01 alone means a whole stop schedule)")
-        if bool(self.exact_network) != (self.version >= EXACT_NETWORK_VERSION) or \
-                (self.exact_network and self.mode != MODE_PROGRESSIVE):
-            raise ValueError("version 8 is written for progressive files with the exact network, and only for them")
+        if bool(self.exact_network) != (self.version >= EXACT_NETWORK_VERSION):
+            raise ValueError("version 8 is written for files with the exact network, and only for them")
         stop_code = self.stop_schedule_code()
         custom = self.settings() != self.defaults() and stop_code is None
         one_tile = self.width == self.height == self.tile
@@ -244,8 +243,6 @@ class Header:
             present, size = read_varint(buf), read_varint(buf)
         settings = dict(DEFAULTS_BY_VERSION[version])
         exact = int(version >= EXACT_NETWORK_VERSION)
-        if exact and flags & _F_BITSBACK and not whole:
-            raise FormatError("corrupt header (a version-8 file is progressive)")
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)

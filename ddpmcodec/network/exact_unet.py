@@ -138,3 +138,17 @@ class GridUNet:
                 h = self._conv(level.upsample.conv, F.interpolate(h, scale_factor=2.0, mode="nearest"), padding=1)
         out = self._conv(net.conv_out, self._swish(self._norm(net.norm_out, h)), padding=1)
         return (out / self.a).float()
+
+
+class ExactNetwork:
+    """A DiffusionModel whose eps_reproducible runs on integer grids (DiffusionModel.eps_exact); every other
+    attribute is the model's. What format-8 (--portable) files are coded with."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def eps_reproducible(self, x: torch.Tensor, t: int, workers: int | None = None) -> torch.Tensor:
+        return self._model.eps_exact(x, t, workers)
