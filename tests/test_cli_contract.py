@@ -128,10 +128,10 @@ def test_steps_default_depends_on_mode(env, tmp_path, monkeypatch):
     monkeypatch.setattr(bb, "encode_bitsback", fake_bitsback)
     monkeypatch.setattr(progressive, "encode", fake_encode)
     run("encode", d / "img.png", "-o", tmp_path / "b.ddpm", "--mode", "bitsback", "--model", model)
-    assert seen["bitsback"] == (100, {"t_end": 1, "seed": 0})
+    assert seen["bitsback"] == (100, {"t_end": 1, "seed": 0, "exact_network": False})
     run("encode", d / "img.png", "-o", tmp_path / "b.ddpm", "--mode", "bitsback", "--steps", "7", "--t-end", "3",
         "--seed", "5", "--model", model)
-    assert seen["bitsback"] == (7, {"t_end": 3, "seed": 5})
+    assert seen["bitsback"] == (7, {"t_end": 3, "seed": 5, "exact_network": False})
     one_line_error(run("encode", d / "img.png", "-o", tmp_path / "p.ddpm", "--model", model, ok=False), "stop here")
     assert (seen["progressive"].n_steps, seen["progressive"].t_end) == (50, None)  # None: the model's default
 
