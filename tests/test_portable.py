@@ -137,3 +137,12 @@ def test_portable_bits_back_sets_round_trip(model):
     assert (h.version, h.exact_network, h.mode) == (8, 1, container.MODE_BITSBACK)
     out = decode_images(res.data, model)
     assert all(np.array_equal(a, b) for a, b in zip(out.images, images))
+
+
+def test_a_model_outside_the_grids_range_is_a_clear_error(model):
+    from ddpmcodec.errors import InputError
+
+    grid = GridUNet(model.net)
+    x = torch.full((1, 3, 8, 8), 1e6)  # far outside [-1, 1]: activations beyond the exact range
+    with pytest.raises(InputError, match="--portable"):
+        grid(x, net_timestep(5, 1))

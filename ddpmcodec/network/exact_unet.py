@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ddpmcodec.errors import InputError
 from ddpmcodec.network.unet import AttnBlock, ResnetBlock, UNet, timestep_embedding
 
 EXACT_LIMIT = 2.0 ** 53
@@ -48,8 +49,9 @@ class GridUNet:
     def _check(self, acc: torch.Tensor, fan_in: int) -> None:
         bound = float(acc.abs().max()) if acc.numel() else 0.0
         self.max_partial = max(self.max_partial, bound)
-        if bound * 1.0 >= EXACT_LIMIT / 4:  # headroom: partial sums can exceed the final sum
-            raise ArithmeticError(f"accumulator {bound:.3g} too close to 2^53 (fan-in {fan_in})")
+        if bound >= EXACT_LIMIT / 4:  # headroom: partial sums can exceed the final sum
+            raise InputError(f"--portable: this model's activations leave the integer grids' exact range (a sum of "
+                             f"{bound:.3g} over {fan_in} terms, limit 2^51); use the float network (no --portable)")
 
     def _conv(self, module, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
         w, b = self._weights[id(module)]
@@ -73,7 +75,8 @@ class GridUNet:
         xi = x.to(torch.int64).reshape(b, g, -1)
         n = xi.shape[2]
         if xi.numel() and int(xi.abs().max()) >= 1 << 24:  # keeps the int64 sum of squares exact
-            raise ArithmeticError("activation too large for the exact GroupNorm")
+            raise InputError("--portable: this model's activations leave the integer grids' exact range (|a| >= "
+                             "256 before a GroupNorm); use the float network (no --portable)")
         s1 = xi.sum(2).double()  # exact int64 sums, then one rounding each
         s2 = (xi * xi).sum(2).double()
         mean = s1 / n
