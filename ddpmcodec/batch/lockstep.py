@@ -36,7 +36,8 @@ class _Request:
 
 @dataclass
 class PoolStats:
-    """What the pooled calls did: requests served, device calls made, samples sent (padding included)."""
+    """What the pooling did: requests served, flushes (rounds in which every waiting request was served), samples
+    sent to the device (padding included), seconds spent serving."""
 
     requests: int = 0
     flushes: int = 0
