@@ -299,8 +299,7 @@ def encode_set(images: list[np.ndarray], model, settings: BitsBackSettings = Bit
         height=sizes[0][1], source_mode=sizes[0][2], tile=tile, n_steps=settings.n_steps, t_end=settings.t_end,
         steps_present=len(levels), lossless=1, budget_bits=container.DEFAULTS["budget_bits"],
         margin_bits=container.DEFAULTS["margin_bits"], prior_kind=container.PRIOR_KINDS.index(kind),
-        seed=settings.seed, pixel_crc=crc, payload_bytes=0, exact_network=int(bool(settings.exact_network)),
-        version=container.EXACT_NETWORK_VERSION if settings.exact_network else container.VERSION)
+        seed=settings.seed, pixel_crc=crc, payload_bytes=0, version=container.version_for(settings.exact_network))
     sub = SubHeader(ORDERS.index(settings.order), settings.grid_bits, attempt, len(seed) - bottom, sizes, names)
     payload = sub.pack(header) + entropy.words_to_bytes(words[bottom:])
     header.payload_bytes = len(payload)

@@ -246,8 +246,7 @@ def _header_for(model, profile, pixels, source_mode, s: CodecSettings,
         n_steps=int(n_steps), t_end=int(t_end), steps_present=0, lossless=0, budget_bits=int(s.budget_bits),
         margin_bits=int(s.margin_bits), prior_kind=container.PRIOR_KINDS.index(s.prior), seed=int(s.seed),
         pixel_crc=pixel_check(pixels), payload_bytes=0, windowed=int(windowed and multi_tile),
-        exact_network=int(bool(s.exact_network)),
-        version=container.EXACT_NETWORK_VERSION if s.exact_network else container.VERSION), own is not None)
+        version=container.version_for(s.exact_network)), own is not None)
 
 
 def pixel_check(pixels: np.ndarray) -> int:

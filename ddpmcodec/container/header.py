@@ -130,7 +130,11 @@ class Header:
     windowed: int = 0  # 1: eps from overlapping blended windows across tile borders (network.windows), else per tile
     learned_x0: int = 0  # 1: x_0 coded by the model's learned layer (entropy.x0net), else by entropy.pixelmodel
     version: int = VERSION  # format version: 7, or 8 with exact_network; 4..6 for files of ddpmcodec 0.3..0.5
-    exact_network: int = 0  # version 8: the U-Net ran on integer grids (network.exact_unet), the same on every machine
+
+    @property
+    def exact_network(self) -> bool:
+        """Version 8: the U-Net ran on integer grids (network.exact_unet), the same on every machine."""
+        return self.version >= EXACT_NETWORK_VERSION
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in DEFAULTS}
@@ -168,8 +172,6 @@ class Header:
             raise ValueError("header field out of range")
         if self.mode == MODE_BITSBACK and not self.lossless and self.version >= END_STATE_VERSION:
             raise ValueError("a bits-back header is lossless (flag 0x01 alone means a whole stop schedule)")
-        if bool(self.exact_network) != (self.version >= EXACT_NETWORK_VERSION):
-            raise ValueError("version 8 is written for files with the exact network, and only for them")
         stop_code = self.stop_schedule_code()
         custom = self.settings() != self.defaults() and stop_code is None
         one_tile = self.width == self.height == self.tile
@@ -242,7 +244,6 @@ class Header:
         else:
             present, size = read_varint(buf), read_varint(buf)
         settings = dict(DEFAULTS_BY_VERSION[version])
-        exact = int(version >= EXACT_NETWORK_VERSION)
         if flags & _F_CUSTOM:
             n_steps, t_end, bm, seed = (read_varint(buf) for _ in range(4))
             settings.update(n_steps=n_steps, t_end=t_end, budget_bits=bm >> 4, margin_bits=bm & 15, seed=seed)
@@ -264,8 +265,7 @@ class Header:
                    source_mode=int(bool(flags & _F_GRAY)), tile=tile or 0, steps_present=present,
                    lossless=int(bool(flags & _F_LOSSLESS)), prior_kind=int(bool(flags & _F_CALIBRATED)),
                    pixel_crc=crc, payload_bytes=size, windowed=int(bool(flags & _F_WINDOWED)),
-                   learned_x0=int(bool(flags & _F_LEARNED_X0 and flags & _F_LOSSLESS)), version=version,
-                   exact_network=exact, **settings)
+                   learned_x0=int(bool(flags & _F_LEARNED_X0 and flags & _F_LOSSLESS)), version=version, **settings)
 
 
 def _crc_header(model_id: bytes, body: bytes) -> int:
@@ -361,6 +361,11 @@ def unpack(data: bytes, model_id: bytes | None = None, tile: int | None = None) 
     usable = payload if complete or crc is None else payload[:verified]
     end_state = header.end_state() if end_checked and model_id is not None else None
     return Parsed(header, body_end + len(check), usable, complete, crc is not None, len(payload), end_state)
+
+
+def version_for(exact_network: bool) -> int:
+    """The format version an encoder writes: 8 for the U-Net on integer grids (--portable), else 7."""
+    return EXACT_NETWORK_VERSION if exact_network else VERSION
 
 
 def channel_settings_ok(version: int, budget_bits: int, margin_bits: int) -> bool:
