@@ -86,11 +86,12 @@ def code_batch(job, items: list[batch.Item], crash_marker: str | None = None) ->
             except Exception:  # noqa: BLE001 - unreadable: code it again
                 pass
         todo.append(k)
-    finished = [0]
+    coded_first = False
 
     def after_item(_i: int) -> None:  # the test hook dies after the task's first coded item
-        finished[0] += 1
-        if finished[0] == 1:
+        nonlocal coded_first
+        if not coded_first:
+            coded_first = True
             crash_once(crash_marker)
 
     # on a device the task's items are coded in lockstep with pooled network calls (batch.lockstep)

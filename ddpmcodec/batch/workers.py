@@ -151,14 +151,6 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def worker_code(job, item: Item, cache: dict | None = None) -> ItemResult:
-    try:
-        model = worker_model(job, cache)
-    except Exception as exc:  # noqa: BLE001
-        return ItemResult(item.source, item.output, "failed", f"model: {_reason(exc)}")
-    return code_item(job, item, model)
-
-
 def _pooled(device: str) -> bool:
     """Whether items on this device are coded in lockstep with pooled network calls (not on the CPU)."""
     import torch

@@ -13,8 +13,6 @@ Shapes as UNet: x (B, C, H, W) float in [-1, 1], t (B,) int64 0-based; output ep
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

@@ -27,7 +27,7 @@ from ddpmcodec.entropy.x0net.store import X0Layer
 from ddpmcodec.errors import InputError, one_line
 from ddpmcodec.network.device_calls import FixedShapeCalls
 from ddpmcodec.network.exact_unet import GridUNet
-from ddpmcodec.parallel import map_one_thread_each
+from ddpmcodec.parallel import intra_op_threads, map_one_thread_each
 from ddpmcodec.network.unet import UNet, UNetConfig
 from ddpmcodec.network.weight_layouts import diffusers_to_pytorch_diffusion, infer_unet_config, unet_config_from_diffusers
 
@@ -70,13 +70,17 @@ class DiffusionModel:
                 raise ValueError(f"t must be a ({x.shape[0]},) tensor of 1-based steps in 1..{T}")
             steps = net_timestep(t.to(self.device))
         elif isinstance(t, numbers.Integral):
-            if not 1 <= int(t) <= T:
-                raise ValueError(f"t must be in 1..{T}, got {t}")
-            steps = net_timestep(int(t), x.shape[0]).to(self.device)
+            steps = self._steps(t, x.shape[0])
         else:
             raise TypeError(f"t must be an int or a tensor, got {type(t).__name__}")
         with torch.inference_mode():
             return self.net(x.to(self.device, torch.float32), steps)
+
+    def _steps(self, t: int, batch: int) -> torch.Tensor:
+        """(batch,) 0-based network timesteps on the model's device for a 1-based int t (ValueError outside 1..T)."""
+        if not 1 <= int(t) <= self.diffusion.T:
+            raise ValueError(f"t must be in 1..{self.diffusion.T}, got {t}")
+        return net_timestep(int(t), batch).to(self.device)
 
     def eps_reproducible(self, x: torch.Tensor, t: int, workers: int | None = None) -> torch.Tensor:
         """:meth:`eps` for x (B, C, H, W) at one t, returned on x's device, with outputs that do not depend on the
@@ -103,12 +107,10 @@ class DiffusionModel:
         on the GPUs eval.gpu_check has checked, on which samples share its call: batch coding pools the tiles of
         many images (ddpmcodec.batch.lockstep) and still writes the single-image files byte for byte.
         """
-        if not 1 <= int(t) <= self.diffusion.T:
-            raise ValueError(f"t must be in 1..{self.diffusion.T}, got {t}")
+        steps = self._steps(t, DEVICE_GROUP)
         if self._fixed_calls is None or self._fixed_calls.device != self.device:
             self._fixed_calls = FixedShapeCalls(self.net, self.device)
         x = x.to(self.device, torch.float32)
-        steps = net_timestep(int(t), DEVICE_GROUP).to(self.device)
         outs = []
         for i in range(0, len(x), DEVICE_GROUP):
             g = x[i:i + DEVICE_GROUP]
@@ -122,20 +124,14 @@ class DiffusionModel:
         """:meth:`eps` on integer grids (network.exact_unet): (B, C, H, W) float32 on x's device, bit-identical on
         every machine, device, thread count and batch split, so on the CPU the whole batch runs at once on
         `workers` intra-op threads (default: torch's setting), for speed only."""
-        if not 1 <= int(t) <= self.diffusion.T:
-            raise ValueError(f"t must be in 1..{self.diffusion.T}, got {t}")
+        steps = self._steps(t, len(x))
         if self._grid_net is None:
             self._grid_net = GridUNet(self.net)
-        steps = net_timestep(int(t), len(x)).to(self.device)
         xd = x.to(self.device)
-        if self.device.type != "cpu" or len(x) == 0:
+        if self.device.type != "cpu":
             return self._grid_net(xd, steps).to(x.device)
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, workers or before))
-        try:
+        with intra_op_threads(workers or torch.get_num_threads()):
             return self._grid_net(xd, steps).to(x.device)
-        finally:
-            torch.set_num_threads(before)
 
     def numerics_digest(self, ts: tuple[int, ...] = (10, 500)) -> str:
         """16 hex chars of SHA-256 over :meth:`eps_reproducible`'s float32 outputs on fixed inputs (one
