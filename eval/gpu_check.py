@@ -30,6 +30,7 @@ The dry run uses a tiny random model and generated images on the CPU, so the tes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -214,45 +215,30 @@ def _pooling(model, images: np.ndarray, settings: CodecSettings, device: str, fi
     in lockstep in this process, files compared with part 3's single-image files."""
     from ddpmcodec.batch.lockstep import run_lockstep
     from ddpmcodec.channel import counter_rng
+    from ddpmcodec.diffusion import net_timestep
+    from ddpmcodec.network.device_calls import device_numerics
     from ddpmcodec.network.model_io import DEVICE_GROUP
+    from eval.gpu_numerics_probe import independence, timed_call
 
     c, r = model.unet_config.in_channels, model.unet_config.resolution
     g = DEVICE_GROUP
     x = counter_rng.normals(7, 0, 3 * g * c * r * r, device=device).reshape(3 * g, c, r, r)
-    independent, checked = True, 0
-    for t in (3, 300, model.diffusion.T):
-        alone = model.eps_device_groups(x[:1], t)[0]
-        for pos in (0, 5, g - 1):
-            batch = torch.cat([x[g:g + pos], x[:1], x[2 * g:3 * g - pos - 1]])
-            independent &= bool(torch.equal(model.eps_device_groups(batch, t)[pos], alone))
-            checked += 1
-    from ddpmcodec.diffusion import net_timestep
-    from ddpmcodec.network.device_calls import device_numerics
-
+    placements = independence(model, x, g, call=model.eps_device_groups)
     with device_numerics(), torch.inference_mode():
         eager = model.net(x[:g], net_timestep(500, g).to(device))
     fixed = model.eps_device_groups(x[:g], 500)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(5):
-        model.eps_device_groups(x[:g], 500)
-    _sync(device)
-    fixed_call_s = (time.perf_counter() - start) / 5
+    sync = functools.partial(_sync, device)
+    fixed_call_s = timed_call(lambda: model.eps_device_groups(x[:g], 500), sync, repeats=5)
     call_s = {}
     for n in (1, 8, 32, 64, 128, 256):
         xb = x[:n] if n <= len(x) else x.repeat(-(-n // len(x)), 1, 1, 1)[:n]
-        model.eps(xb, 500)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(5):
-            model.eps(xb, 500)
-        _sync(device)
-        call_s[str(n)] = (time.perf_counter() - start) / 5
+        call_s[str(n)] = timed_call(lambda: model.eps(xb, 500), sync, repeats=5)
     start = time.perf_counter()
     coded, stats = run_lockstep(list(images), lambda im, net: encode(im, net, settings).data, model)
     wall = time.perf_counter() - start
     identical = sum(a == b for a, b in zip(coded, files))
-    return {"device_group": g, "outputs_independent_of_batch_mates": independent, "placements_checked": checked,
+    return {"device_group": g, "outputs_independent_of_batch_mates": placements["all_bit_identical"],
+            "placements_checked": len(placements["rows"]),
             "fixed_call_equals_eager": bool(torch.equal(fixed, eager)), "fixed_call_seconds": fixed_call_s,
             "eager_seconds_per_call_by_batch": call_s, "lockstep_images": len(images),
             "lockstep_encode_images_per_s": len(images) / wall, "network_seconds": round(stats.seconds, 2),

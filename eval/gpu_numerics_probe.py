@@ -31,20 +31,23 @@ def _eps(model, x: torch.Tensor, t: int, group: int) -> torch.Tensor:
         return model.net(g, net_timestep(t, group).to(model.device))[:len(x)]
 
 
-def independence(model, x: torch.Tensor, group: int = DEVICE_GROUP) -> dict:
+def independence(model, x: torch.Tensor, group: int = DEVICE_GROUP, call=None) -> dict:
     """One sample alone against the same sample among others at three positions, three t; calls of `group`
-    samples (x holds at least 3 * group)."""
+    samples (x holds at least 3 * group). call(x, t): the network call to test (default: an eager call padded to
+    `group` under the current global flags; eval.gpu_check passes the codec's DiffusionModel.eps_device_groups)."""
     g, rows = group, []
+    call = call or (lambda xs, t: _eps(model, xs, t, g))
     for t in (3, 300, model.diffusion.T):
-        alone = _eps(model, x[:1], t, g)[0]
+        alone = call(x[:1], t)[0]
         for pos in (0, 5 % g, g - 1):
-            mixed = _eps(model, torch.cat([x[g:g + pos], x[:1], x[2 * g:3 * g - pos - 1]]), t, g)[pos]
+            mixed = call(torch.cat([x[g:g + pos], x[:1], x[2 * g:3 * g - pos - 1]]), t)[pos]
             rows.append({"t": t, "position": pos, "bit_identical": bool(torch.equal(mixed, alone)),
                          "max_abs_diff": float((mixed - alone).abs().max())})
     return {"all_bit_identical": all(r["bit_identical"] for r in rows), "rows": rows}
 
 
-def _timed(fn, sync, repeats: int = 30) -> float:
+def timed_call(fn, sync, repeats: int = 30) -> float:
+    """Seconds per fn() call after one warm-up call; sync() before each clock reading (a CUDA synchronize)."""
     fn()
     sync()
     start = time.perf_counter()
@@ -65,8 +68,8 @@ def graph_vs_eager(model, x: torch.Tensor, n: int) -> dict:
         eager = model.net(x[:n], steps)
     sync = torch.cuda.synchronize
     return {"samples": n, "bit_identical": bool(torch.equal(graphed, eager)),
-            "graph_s": _timed(lambda: calls(x[:n], steps), sync),
-            "eager_s": _timed(lambda: calls.net(x[:n], steps), sync)}
+            "graph_s": timed_call(lambda: calls(x[:n], steps), sync),
+            "eager_s": timed_call(lambda: calls.net(x[:n], steps), sync)}
 
 
 def run(model_spec: str, device: str, groups=(8, 16)) -> dict:
