@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -34,24 +33,16 @@ SETTINGS = {  # name -> environment of the decoding process
 
 def decode_worker(folder: Path, model_spec: str) -> None:
     """In a decoding process: decode every folder/*.ddpm, write folder/<setting>.npz and .json (status per file)."""
-    from ddpmcodec.codec import progressive
     from ddpmcodec.codec.decoding import decode_progressive
     from ddpmcodec.errors import DeterminismError
     from ddpmcodec.network.model_io import load_model
+    from eval.preview_probe import recorded_previews
 
     torch.set_num_threads(1)
     model = load_model(model_spec)
     name = os.environ.get("PORTABILITY_SETTING", "native")
-    last: dict = {}
-    original = progressive._Chain.x0_hat
-
-    def recording(chain, x_t, t, eps):
-        out = original(chain, x_t, t, eps)
-        last["x_t"], last["x0"] = x_t.clone(), out.clone()
-        return out
-
     status, arrays = [], {}
-    with mock.patch.object(progressive._Chain, "x0_hat", recording):
+    with recorded_previews() as previews:
         for k, path in enumerate(sorted(folder.glob("*.ddpm"))):
             pixels = np.load(path.with_suffix(".npy"))
             try:
@@ -59,7 +50,9 @@ def decode_worker(folder: Path, model_spec: str) -> None:
                 status.append("exact" if np.array_equal(out, pixels) else "wrong")
             except DeterminismError:
                 status.append("refused")
-            arrays[f"x_t_{k}"], arrays[f"x0_{k}"] = last["x_t"].numpy(), last["x0"].numpy()
+            _, x_t, x0 = previews[-1]  # the chain at t_end, what the exact x_0 layer reads
+            arrays[f"x_t_{k}"], arrays[f"x0_{k}"] = x_t.numpy(), x0.numpy()
+            previews.clear()
     np.savez(folder / f"{name}.npz", **arrays)
     (folder / f"{name}.json").write_text(json.dumps({"status": status, "digest": model.numerics_digest(),
                                                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}))

@@ -12,6 +12,7 @@ Reports the gain in dB over the plain x^_0 per t.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -58,22 +59,30 @@ def flip_gain(model, images: np.ndarray, seed: int = 1) -> dict:
     return rows
 
 
-def extrapolation_gain(model, images: np.ndarray, settings: CodecSettings = CodecSettings()) -> dict:
-    previews: list[tuple[int, torch.Tensor]] = []
+@contextlib.contextmanager
+def recorded_previews():
+    """While active, every x^_0 the progressive chain computes (encoder or decoder) is appended to the yielded list
+    as (t, x_t, x^_0), both cloned (N, 3, R, R) tiles."""
+    previews: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     original = progressive._Chain.x0_hat
 
     def recording(chain, x_t, t, eps):
         out = original(chain, x_t, t, eps)
-        previews.append((t, out.clone()))
+        previews.append((t, x_t.clone(), out.clone()))
         return out
 
-    sums: dict[int, dict[float, list[float]]] = {}
     with mock.patch.object(progressive._Chain, "x0_hat", recording):
+        yield previews
+
+
+def extrapolation_gain(model, images: np.ndarray, settings: CodecSettings = CodecSettings()) -> dict:
+    sums: dict[int, dict[float, list[float]]] = {}
+    with recorded_previews() as previews:
         for im in images:
             previews.clear()
             encode(im, model, settings)
             h, w = im.shape[:2]
-            for (t, x), prev in zip(previews, [None] + [p for _, p in previews[:-1]]):
+            for (t, _, x), prev in zip(previews, [None] + [p for _, _, p in previews[:-1]]):
                 for lam in (0.0,) + LAMS:
                     y = x if prev is None else (x + lam * (x - prev)).clamp(-1, 1)
                     err = (tiles_to_uint8(y, h, w).astype(np.float64) - im.astype(np.float64)) ** 2
