@@ -6,8 +6,8 @@ Encodes images in this process (the machine's own kernels), then decodes every f
 torch's CPU kernels chosen by environment variables read at start (ATEN_CPU_CAPABILITY for torch's own vectorised
 kernels, ONEDNN_MAX_CPU_ISA for oneDNN's convolutions), which stands in for another machine with the same torch
 build. Per setting: the network's numerics digest, files decoded exactly / refused by the checksum / wrong (must be
-0), and how far x_{t_end} and x^_0 at t_end drifted from the native decode (the x_0 layer reads them on a 2^-10
-grid, so any drift that crosses a grid boundary breaks the exact layer). Images: lossless training originals from
+0), how far x_{t_end} and x^_0 at t_end drifted from the native decode, and how many of each image's x_0-layer
+inputs (both on grids of about 2^-10) that drift changed: any one of them breaks the exact layer. Images: lossless training originals from
 ../shared unless --images. --exact-network encodes `--portable` files (the U-Net on integer grids), which must decode
 exactly under every setting.
 """
@@ -91,7 +91,22 @@ def run(images: np.ndarray, model_spec: str, settings: dict[str, dict], settings
                 drift = np.concatenate([np.abs(native[f"{key}_{k}"] - other[f"{key}_{k}"]).ravel()
                                         for k in range(len(images))])
                 row[f"{key}_drift_max"], row[f"{key}_drift_median"] = float(drift.max()), float(np.median(drift))
+            row["layer_inputs_changed_per_image"] = [
+                _layer_inputs_changed(native, other, k, im.shape[0], im.shape[1]) for k, im in enumerate(images)]
     return result
+
+
+def _layer_inputs_changed(native, other, k: int, height: int, width: int) -> int:
+    """How many of image k's x_0-layer inputs (x_{t_end} on its 2^-10 grid, x^_0's mean rows on 1/8 grey level;
+    2 x 3 x H x W values) differ between two decodes: any one of them breaks the exact layer."""
+    from ddpmcodec.entropy.pixelmodel import mean_rows
+    from ddpmcodec.entropy.x0net.layout import quantize_x_t
+
+    changed = 0
+    for key, grid in (("x_t", quantize_x_t), ("x0", lambda x: torch.from_numpy(mean_rows(x, height, width)))):
+        a, b = (grid(torch.from_numpy(d[f"{key}_{k}"])) for d in (native, other))
+        changed += int((a != b).sum())
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:

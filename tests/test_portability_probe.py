@@ -17,3 +17,4 @@ def test_portability_probe_on_a_tiny_model(tmp_path):
     assert generic["wrong"] == 0 and generic["exact"] + generic["refused"] == 1
     if generic["refused"]:  # a refusal means the x_0 layer's inputs differed, so the chain must have drifted
         assert max(generic["x_t_drift_max"], generic["x0_drift_max"]) > 0
+        assert generic["layer_inputs_changed_per_image"][0] > 0

@@ -10,7 +10,8 @@ no cuDNN benchmarking (which picks algorithms by timing, so differently from run
 A 32x32 U-Net call launches a few hundred small kernels: about 11 ms of launch work per call on that H200, for
 2-4 ms of arithmetic. On CUDA the call is captured once per input shape as a CUDA graph and replayed (the same
 kernels, so the same bits: replay and eager calls were bit-identical in the same probe), with graph_s 2.0 / 3.9 ms
-against 10.5 / 11.0 ms eager for 1 / 32 samples.
+against 10.5 / 11.0 ms eager for 1 / 32 samples, both with TF32 on. With the numerics above (TF32 off) a 32-sample
+graph call took 9.9 ms (docs/results/gpu_check_h200_pooled.json): fp32 arithmetic, no longer launches, dominates.
 """
 from __future__ import annotations
 
