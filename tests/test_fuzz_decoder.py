@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from ddpmcodec.testing_fuzz import DecodeWorker, build_file, craft_file, one_lin
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 SETTINGS = CodecSettings(n_steps=8, budget_bits=6, margin_bits=2)
-SOURCES = ("lossless", "lossy", "lossless_b")
+SOURCES = ("lossless", "lossy", "lossless_b", "portable")  # portable: format 8, the U-Net on integer grids
 FAST = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 NO_SHRINK = (Phase.explicit, Phase.generate)  # expensive examples: report the first failure as found
 
@@ -54,6 +55,7 @@ class Env:
             "lossless": encode(a, model, SETTINGS, stop_at_t=0).data,
             "lossy": encode(a, model, SETTINGS, stop_at_t=50).data,
             "lossless_b": encode(b, model, SETTINGS, stop_at_t=0).data,
+            "portable": encode(b, model, replace(SETTINGS, exact_network=True), stop_at_t=0).data,
         }
         self.worker = DecodeWorker(self.model_path, mem_limit=2 << 30, timeout=10.0)
         self.refs: set[tuple[int, str]] = set()  # (t, digest) of every frame of every original
@@ -63,7 +65,7 @@ class Env:
             assert reply["status"] == "ok", reply
             self.ref_frames[name] = reply["frames"]
             self.refs |= {(t, d) for t, _, d in reply["frames"]}
-        assert self.ref_frames["lossless"][-1][0] == 0 and self.ref_frames["lossless_b"][-1][0] == 0
+        assert all(self.ref_frames[k][-1][0] == 0 for k in ("lossless", "lossless_b", "portable"))
         self.digests = {d for _, d in self.refs}
         self.n = 0
 
@@ -245,7 +247,7 @@ def test_mutants_deep(env, recipe):
 
 
 # ---- 2. every prefix (a partial download) ---------------------------------------------------------------------------
-@pytest.mark.parametrize("source,stride", [("lossy", 4), ("lossless", 17), ("lossless_b", 11)])
+@pytest.mark.parametrize("source,stride", [("lossy", 4), ("lossless", 17), ("lossless_b", 11), ("portable", 11)])
 def test_every_prefix_decodes_to_reference_frames(env, source, stride):
     data = env.sources[source]
     failures = []
